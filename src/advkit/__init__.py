@@ -1,0 +1,47 @@
+"""advkit: correct, fast, composable adversarial attacks for PyTorch."""
+
+from advkit import checks, functional, norms, objectives, targets
+from advkit._version import __version__
+from advkit.attacks import BIM, FGSM, PGD, Attack, GaussianNoise, UniformNoise
+from advkit.checks import (
+    AdvkitError,
+    BoundsError,
+    ConfigError,
+    InputError,
+    LabelError,
+    ModelOutputError,
+    ProbabilityOutputWarning,
+)
+from advkit.models import Classifier, model_guard, wrap
+from advkit.norms import L1, L2, Linf, Norm
+from advkit.result import AttackResult
+
+__all__ = [
+    "BIM",
+    "FGSM",
+    "L1",
+    "L2",
+    "PGD",
+    "AdvkitError",
+    "Attack",
+    "AttackResult",
+    "BoundsError",
+    "Classifier",
+    "ConfigError",
+    "GaussianNoise",
+    "InputError",
+    "LabelError",
+    "Linf",
+    "ModelOutputError",
+    "Norm",
+    "ProbabilityOutputWarning",
+    "UniformNoise",
+    "__version__",
+    "checks",
+    "functional",
+    "model_guard",
+    "norms",
+    "objectives",
+    "targets",
+    "wrap",
+]

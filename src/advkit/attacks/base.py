@@ -1,0 +1,274 @@
+"""The attack contract, implemented once for every attack.
+
+``Attack.__call__`` validates the inputs, clones them, guards the model (eval
+mode, frozen parameters, everything restored afterwards), resolves the
+targets, hands a :class:`Context` to the subclass's :meth:`Attack.run`, and
+scores the returned tensor. Subclasses only implement ``run``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advkit import checks
+from advkit.functional import Bounds, Scalar
+from advkit.models import Classifier, model_guard, wrap
+from advkit.norms import Norm, NormSpec, resolve_norm
+from advkit.objectives import Objective, cross_entropy
+from advkit.result import AttackResult
+from advkit.targets import TargetMap
+
+__all__ = ["Attack", "Context", "TargetSpec"]
+
+TargetSpec = Tensor | TargetMap | None
+"""``None`` (untargeted), a ``(B,)`` tensor of classes, or a target map."""
+
+
+class Context:
+    """Everything one attack call works with; counts the model's passes.
+
+    Attributes:
+        model: the guarded :class:`~advkit.models.Classifier`.
+        x0: clean inputs (a private copy; never modified).
+        labels: ``(B,)`` true labels.
+        targets: ``(B,)`` target classes, or ``None`` when untargeted.
+        eps: the budget, a float or a ``(B,)`` tensor on the inputs' device.
+        norm: the threat model.
+        bounds: the input box.
+        objective: the attacker's objective (higher is better).
+        generator: the source of all randomness of this call.
+        clean_logits: ``(B, C)`` logits on ``x0``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Classifier,
+        x0: Tensor,
+        labels: Tensor,
+        eps: Scalar,
+        norm: Norm,
+        objective: Objective,
+        generator: torch.Generator,
+    ) -> None:
+        self.model = model
+        self.x0 = x0
+        self.labels = labels
+        self.targets: Tensor | None = None
+        self.eps = eps
+        self.norm = norm
+        self.bounds: Bounds = model.bounds
+        self.objective = objective
+        self.generator = generator
+        self.forward_passes = 0
+        self.backward_passes = 0
+        self.clean_logits = self.logits(x0)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        self.forward_passes += 1
+        out: Tensor = self.model(x)
+        return out
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Model outputs on ``x`` without autograd (one forward pass)."""
+        with torch.no_grad():
+            return self._forward(x)
+
+    def loss(self, logits: Tensor) -> Tensor:
+        """The objective per sample, ``(B,)``."""
+        out = self.objective(logits, self.labels, self.targets)
+        if out.shape != (logits.shape[0],):
+            raise checks.ConfigError(
+                f"the objective must return one value per sample, shape ({logits.shape[0]},), "
+                f"got shape {tuple(out.shape)}."
+            )
+        return out
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Objective, its gradient with respect to the input only, and the logits at ``x``.
+
+        One forward and one backward pass. Parameters are frozen by the guard,
+        so no weight gradient is computed.
+        """
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._forward(xg)
+            loss = self.loss(logits)
+            grads: tuple[Tensor | None, ...] = torch.autograd.grad(
+                loss.sum(), xg, allow_unused=True
+            )
+        self.backward_passes += 1
+        grad = grads[0]
+        if grad is None:  # the objective does not depend on the input
+            grad = torch.zeros_like(x)
+        return loss.detach(), grad, logits.detach()
+
+    def is_success(self, logits: Tensor) -> Tensor:
+        """``(B,)`` bool: misclassified (untargeted) or classified as the target (targeted)."""
+        pred = logits.argmax(dim=1)
+        if self.targets is None:
+            return pred != self.labels
+        return pred == self.targets
+
+
+class Attack(ABC):
+    """Base class of every attack: settings in the constructor, data in the call.
+
+    Args:
+        norm: the threat model: ``"linf"``, ``"l2"``, ``"l1"`` or a
+            :class:`~advkit.norms.Norm`.
+        eps: default budget (radius of the norm ball, in the model's input
+            space); a call's ``eps=`` overrides it.
+        objective: ``(logits, labels, targets) -> (B,)``, higher is better for
+            the attacker; see :mod:`advkit.objectives`.
+    """
+
+    def __init__(
+        self,
+        *,
+        norm: NormSpec = "linf",
+        eps: float | None = None,
+        objective: Objective = cross_entropy,
+    ) -> None:
+        self.norm: Norm = resolve_norm(norm)
+        self.eps = None if eps is None else checks.check_eps(eps, 1)
+        if not callable(objective):
+            raise checks.ConfigError(
+                f"objective must be a callable (logits, labels, targets) -> (B,), "
+                f"got {type(objective).__name__}."
+            )
+        self.objective = objective
+
+    def _settings(self) -> dict[str, Any]:
+        return {"norm": str(self.norm), "eps": self.eps}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        return f"{type(self).__name__}({args})"
+
+    @abstractmethod
+    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
+        """Find adversarial inputs.
+
+        Returns:
+            ``x_adv``, feasible (in the ball and the box), and optionally the
+            logits computed on exactly ``x_adv`` (``None`` lets the caller
+            compute them).
+        """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        targets: TargetSpec = None,
+        eps: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+        keep_mode: bool = False,
+    ) -> AttackResult:
+        """Attack ``model`` on inputs ``x`` with labels ``y``.
+
+        Args:
+            model: a :class:`~advkit.models.Classifier` or any ``nn.Module``
+                (wrapped with ``bounds=(0, 1)``).
+            x: clean inputs ``(B, ...)`` inside the model's bounds; never modified.
+            y: true labels ``(B,)``.
+            targets: ``None`` for an untargeted attack; a ``(B,)`` tensor of
+                classes or a target map (:mod:`advkit.targets`) for a targeted one.
+            eps: budget overriding the constructor's: a float, or a ``(B,)``
+                tensor of per-sample budgets (e.g. an eps sweep over copies of a batch).
+            generator: source of randomness; the same seeded generator gives
+                the same result. The global RNG is never used.
+            keep_mode: keep the model's train/eval mode instead of switching
+                to eval mode (e.g. adversarial training with train-mode BatchNorm).
+                Buffers are restored either way.
+
+        Returns:
+            An :class:`~advkit.result.AttackResult`.
+
+        Raises:
+            InputError, BoundsError: bad inputs (not batched, NaN/Inf, outside bounds).
+            LabelError: bad labels or targets.
+            ConfigError: bad eps or generator.
+            ModelOutputError: the model does not return ``(B, C)`` logits.
+        """
+        clf = wrap(model) if not isinstance(model, Classifier) else model
+        checks.check_inputs(x, clf.bounds)
+        batch = x.shape[0]
+        budget = checks.check_eps(self.eps if eps is None else eps, batch)
+        if isinstance(budget, Tensor):
+            budget = budget.detach().to(device=x.device).expand(batch).clone()
+        checks.check_generator(generator, x.device)
+        if generator is None:
+            generator = torch.Generator(device=x.device)
+            generator.seed()
+        if not isinstance(y, Tensor):
+            raise checks.LabelError(f"labels must be a torch.Tensor, got {type(y).__name__}.")
+        if isinstance(targets, Tensor):
+            targets = targets.to(x.device)
+        x0 = x.detach().clone(memory_format=torch.preserve_format)
+        labels = y.detach().to(x.device)
+
+        with model_guard(clf, keep_mode=keep_mode):
+            ctx = Context(
+                model=clf,
+                x0=x0,
+                labels=labels,
+                eps=budget,
+                norm=self.norm,
+                objective=self.objective,
+                generator=generator,
+            )
+            clean = checks.check_logits(ctx.clean_logits, batch)
+            checks.warn_if_probabilities(clean)
+            num_classes = clean.shape[1]
+            checks.check_labels(labels, batch, num_classes)
+            if targets is not None:
+                if not isinstance(targets, Tensor):
+                    if not callable(targets):
+                        raise checks.LabelError(
+                            "targets must be None, a tensor of classes or a target map such "
+                            f"as advkit.targets.shift(1), got {type(targets).__name__}."
+                        )
+                    targets = targets(clean, labels, generator)
+                ctx.targets = checks.check_targets(targets, labels, num_classes)
+
+            x_adv, logits = self.run(ctx)
+            if logits is None or keep_mode:
+                logits = ctx.logits(x_adv)
+
+        return AttackResult(
+            x_adv=x_adv.detach(),
+            success=ctx.is_success(logits),
+            distance=self.norm.measure(x_adv.detach() - x0),
+            logits=logits.detach(),
+            labels=labels,
+            targets=ctx.targets,
+            norm=self.norm.name,
+            forward_passes=ctx.forward_passes,
+            backward_passes=ctx.backward_passes,
+        )
+
+
+def keep_best(
+    better: Tensor,
+    best: tuple[Tensor, ...],
+    new: tuple[Tensor, ...],
+) -> tuple[Tensor, ...]:
+    """Per sample, take ``new`` where ``better`` (``(B,)`` bool) else ``best``; no host sync."""
+    out = []
+    for b, n in zip(best, new, strict=True):
+        mask = better.reshape(better.shape[0], *([1] * (b.ndim - 1)))
+        out.append(torch.where(mask, n, b))
+    return tuple(out)
+
+
+def improves(success: Tensor, loss: Tensor, best_success: Tensor, best_loss: Tensor) -> Tensor:
+    """A candidate beats the best so far if it succeeds where the best does not,
+    or ties on success with a higher objective."""
+    return (success & ~best_success) | ((success == best_success) & (loss > best_loss))

@@ -1,0 +1,333 @@
+"""Pure, batched kernels shared by every attack.
+
+Every function here takes a batch ``(B, ...)`` of any shape (vectors, images,
+sequences) and memory format, treats each sample independently, and returns a
+tensor with the input's shape, dtype, device and memory format. ``eps`` and
+``step_size`` are either Python floats (one value for the batch) or tensors of
+shape ``(B,)`` (one value per sample), always measured in the model's input
+space (pixels).
+
+Half-precision inputs (``float16``, ``bfloat16``) are reduced in ``float32``:
+norms, per-sample scale factors and the L1 sort/cumsum run in ``float32`` and
+only the elementwise result is cast back, so that no reduction overflows and
+no zero gradient turns into ``0 * inf = NaN``.
+
+This module is the specification: faster paths must agree with it. It imports
+nothing from the rest of advkit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Bounds",
+    "NormLike",
+    "Scalar",
+    "batch_view",
+    "clip",
+    "l1_direction",
+    "l1_norm",
+    "l1_project",
+    "l1_sample",
+    "l2_direction",
+    "l2_norm",
+    "l2_project",
+    "l2_sample",
+    "linf_direction",
+    "linf_norm",
+    "linf_project",
+    "linf_sample",
+    "pgd_step",
+]
+
+Scalar = float | Tensor
+"""A Python float (same value for every sample) or a tensor of shape ``(B,)``."""
+
+Bounds = tuple[float, float]
+"""Lower and upper bound of every input coordinate, in the model's input space."""
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class NormLike(Protocol):
+    """What :func:`pgd_step` needs from a norm (see :mod:`advkit.norms`)."""
+
+    def direction(self, grad: Tensor) -> Tensor: ...
+
+    def project(self, delta: Tensor, eps: Scalar) -> Tensor: ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which reductions over a sample are computed."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def batch_view(value: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-sample tensor ``(B,)`` to ``(B, 1, ..., 1)`` with ``ndim`` dims.
+
+    Example:
+        >>> batch_view(torch.ones(4), 4).shape
+        torch.Size([4, 1, 1, 1])
+    """
+    return value.reshape(value.shape[0], *([1] * (ndim - 1)))
+
+
+def _per_sample(value: Scalar, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` as a ``(B, 1, ..., 1)`` tensor (floats are broadcast)."""
+    if isinstance(value, Tensor):
+        if value.ndim == 0:
+            value = value.expand(like.shape[0])
+        return batch_view(value.to(device=like.device, dtype=dtype), like.ndim)
+    return torch.full(
+        (like.shape[0],) + (1,) * (like.ndim - 1), float(value), dtype=dtype, device=like.device
+    )
+
+
+def _rescale(t: Tensor, factor: Tensor) -> Tensor:
+    """Multiply each sample of ``t`` by ``factor`` (shape ``(B,)``, work dtype)."""
+    factor = batch_view(factor, t.ndim)
+    if t.dtype in _LOW_PRECISION:
+        return (t.to(factor.dtype) * factor).to(t.dtype)
+    return t * factor.to(t.dtype)
+
+
+def _like(sample: Tensor, x: Tensor) -> Tensor:
+    """Copy ``sample`` (contiguous, same shape) into a tensor laid out like ``x``."""
+    out = torch.empty_like(x)
+    out.copy_(sample)
+    return out
+
+
+def clip(x: Tensor, bounds: Bounds) -> Tensor:
+    """Clip every coordinate of ``x`` to the box ``[bounds[0], bounds[1]]``.
+
+    Example:
+        >>> clip(torch.tensor([[-1.0, 0.5, 2.0]]), (0.0, 1.0))
+        tensor([[0.0000, 0.5000, 1.0000]])
+    """
+    return x.clamp(bounds[0], bounds[1])
+
+
+# --------------------------------------------------------------------------- Linf
+
+
+def linf_norm(x: Tensor) -> Tensor:
+    r"""Per-sample :math:`\|x_i\|_\infty`, shape ``(B,)``.
+
+    The result has the input's dtype (a maximum is exact in any precision).
+    """
+    return x.flatten(1).abs().amax(dim=1)
+
+
+def linf_project(delta: Tensor, eps: Scalar) -> Tensor:
+    r"""Euclidean projection onto the Linf ball :math:`\{\|\delta\|_\infty \le \epsilon\}`.
+
+    Coordinate-wise clamping to ``[-eps, eps]``. Followed by box clipping it is
+    the exact projection onto the intersection of the ball and the box.
+    """
+    if isinstance(eps, Tensor):
+        e = _per_sample(eps, delta, delta.dtype)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    return delta.clamp(-float(eps), float(eps))
+
+
+def linf_direction(grad: Tensor) -> Tensor:
+    r"""Steepest-ascent direction under Linf: :math:`\operatorname{sign}(g)`.
+
+    It has Linf norm 1 (0 where the gradient is 0) and attains the dual norm:
+    :math:`\langle g, \operatorname{sign}(g)\rangle = \|g\|_1`.
+    """
+    return grad.sign()
+
+
+def linf_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
+    """A perturbation drawn uniformly from the Linf ball of radius ``eps``, laid out like ``x``."""
+    wd = _work_dtype(x.dtype)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=wd)
+    return _like((2 * u - 1) * _per_sample(eps, x, wd), x)
+
+
+# --------------------------------------------------------------------------- L2
+
+
+def l2_norm(x: Tensor) -> Tensor:
+    r"""Per-sample :math:`\|x_i\|_2`, shape ``(B,)``, accumulated in at least float32."""
+    n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=2, dim=1, dtype=_work_dtype(x.dtype))
+    return n
+
+
+def l2_project(delta: Tensor, eps: Scalar) -> Tensor:
+    r"""Euclidean projection onto the L2 ball :math:`\{\|\delta\|_2 \le \epsilon\}`.
+
+    Samples inside the ball are unchanged; the others are scaled radially onto
+    the sphere, which is the Euclidean-nearest point of the ball. Followed by
+    box clipping the result is feasible but is *not* the exact projection onto
+    the intersection of the ball and the box (that would need an iterative
+    solver); the clipped point is never farther from the ball's centre.
+    """
+    n = l2_norm(delta)
+    e = _per_sample(eps, delta, n.dtype).reshape(-1)
+    factor = torch.clamp(e / n.clamp_min(torch.finfo(n.dtype).tiny), max=1.0)
+    return _rescale(delta, factor)
+
+
+def l2_direction(grad: Tensor) -> Tensor:
+    r"""Steepest-ascent direction under L2: :math:`g / \|g\|_2` (0 for a zero gradient)."""
+    n = l2_norm(grad)
+    inv = torch.where(n > 0, 1.0 / n.clamp_min(torch.finfo(n.dtype).tiny), torch.zeros_like(n))
+    return _rescale(grad, inv)
+
+
+def l2_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
+    r"""A perturbation drawn uniformly (by volume) from the L2 ball of radius ``eps``.
+
+    A Gaussian direction on the unit sphere times a radius
+    :math:`\epsilon\, U^{1/d}` with :math:`U \sim \mathcal{U}(0, 1)` and ``d``
+    the number of coordinates per sample (uniform radii would crowd the centre).
+    """
+    wd = _work_dtype(x.dtype)
+    b, d = x.shape[0], x[0].numel()
+    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=wd)
+    u = torch.rand((b,), generator=generator, device=x.device, dtype=wd)
+    radius = u.pow(1.0 / max(d, 1)) * _per_sample(eps, x, wd).reshape(-1)
+    n = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min(torch.finfo(wd).tiny)
+    return _like(g * batch_view(radius / n, x.ndim), x)
+
+
+# --------------------------------------------------------------------------- L1
+
+
+def l1_norm(x: Tensor) -> Tensor:
+    r"""Per-sample :math:`\|x_i\|_1`, shape ``(B,)``, accumulated in at least float32."""
+    n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=1, dim=1, dtype=_work_dtype(x.dtype))
+    return n
+
+
+def l1_project(delta: Tensor, eps: Scalar) -> Tensor:
+    r"""Exact Euclidean projection onto the L1 ball :math:`\{\|\delta\|_1 \le \epsilon\}`.
+
+    The sort-based algorithm of Duchi et al., "Efficient Projections onto the
+    l1-Ball for Learning in High Dimensions" (ICML 2008), batched: for a sample
+    outside the ball the projection is
+    :math:`\operatorname{sign}(\delta)\max(|\delta| - \theta, 0)` with the
+    threshold :math:`\theta \ge 0` that makes its L1 norm equal to
+    :math:`\epsilon`. Cost :math:`O(d \log d)` per sample, no loop over samples.
+    """
+    wd = _work_dtype(delta.dtype)
+    a = delta.flatten(1).to(wd).abs()
+    b, d = a.shape
+    e = _per_sample(eps, delta, wd).reshape(b, 1)
+    u = a.sort(dim=1, descending=True).values
+    css = u.cumsum(dim=1) - e
+    k = torch.arange(1, d + 1, device=a.device, dtype=wd)
+    # rho = max{j : u_j > (cumsum_j - eps) / j}; the condition holds exactly for j <= rho.
+    rho = (u * k > css).sum(dim=1, keepdim=True).clamp_min(1)
+    theta = (css.gather(1, rho - 1) / rho.to(wd)).clamp_min(0)
+    theta = torch.where(a.sum(dim=1, keepdim=True) <= e, torch.zeros_like(theta), theta)
+    th = batch_view(theta.reshape(b), delta.ndim).to(delta.dtype)
+    return delta.sign() * (delta.abs() - th).clamp_min(0)
+
+
+def l1_k(d: int, q: float) -> int:
+    """Number of coordinates SLIDE keeps out of ``d``: ``ceil(q * d)``, at least 1."""
+    return max(1, min(d, math.ceil(q * d - 1e-9)))
+
+
+def l1_direction(grad: Tensor, q: float = 0.01) -> Tensor:
+    r"""Sparse steepest-ascent direction under L1 (SLIDE).
+
+    The sign of the ``ceil(q * d)`` gradient coordinates of largest magnitude
+    (all coordinates tied with the smallest of them are kept too), scaled to
+    unit L1 norm. With ``q -> 0`` this is the exact L1 steepest ascent (one
+    coordinate); larger ``q`` spreads the step, which works better for
+    iterative attacks. A zero gradient gives a zero direction.
+
+    Tramèr & Boneh, "Adversarial Training and Robustness for Multiple
+    Perturbations" (NeurIPS 2019), Sparse L1 Descent; their percentile is
+    ``1 - q``.
+    """
+    flat = grad.flatten(1).abs()
+    k = l1_k(flat.shape[1], q)
+    thr = flat.topk(k, dim=1, sorted=False).values.amin(dim=1)
+    mask = grad.abs() >= batch_view(thr, grad.ndim)
+    s = grad.sign() * mask
+    count = s.flatten(1).abs().sum(dim=1, dtype=_work_dtype(grad.dtype))
+    return _rescale(s, 1.0 / count.clamp_min(1.0))
+
+
+def l1_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
+    r"""A perturbation drawn uniformly (by volume) from the L1 ball of radius ``eps``.
+
+    With :math:`E_1, \dots, E_{d+1}` i.i.d. exponential, the vector
+    :math:`(E_1, \dots, E_d) / \sum_{i \le d+1} E_i` is uniform in the simplex
+    :math:`\{v \ge 0, \sum v \le 1\}`; random signs make it uniform in the ball.
+    """
+    wd = _work_dtype(x.dtype)
+    b, d = x.shape[0], x[0].numel()
+    e = torch.empty((b, d + 1), device=x.device, dtype=wd).exponential_(generator=generator)
+    v = e[:, :d] / e.sum(dim=1, keepdim=True)
+    signs = torch.randint(0, 2, (b, d), generator=generator, device=x.device).to(wd) * 2 - 1
+    v = (v * signs * _per_sample(eps, x, wd).reshape(b, 1)).reshape(x.shape)
+    return _like(v, x)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def pgd_step(
+    x: Tensor,
+    x0: Tensor,
+    grad: Tensor,
+    *,
+    norm: NormLike,
+    eps: Scalar,
+    step_size: Scalar,
+    bounds: Bounds,
+) -> Tensor:
+    r"""One projected steepest-ascent step (the reference implementation).
+
+    .. math::
+        x' = \operatorname{clip}_{[l, u]}\Big(x_0 + \Pi_{\|\cdot\| \le \epsilon}
+             \big(x + \alpha\, d(g) - x_0\big)\Big)
+
+    with :math:`d(g)` the norm's steepest-ascent direction of ``grad`` and
+    :math:`\Pi` its ball projection. The result is always feasible: clipping
+    to the box only shrinks every coordinate of the perturbation towards 0
+    (``x0`` lies in the box), so it cannot leave the ball. For Linf this is the
+    exact projection onto the intersection of ball and box; for L2 and L1 it is
+    a feasible point, not the exact projection onto the intersection.
+
+    Args:
+        x: current iterate ``(B, ...)``.
+        x0: clean inputs ``(B, ...)``, the centre of the ball.
+        grad: gradient of the attacker's objective with respect to ``x``.
+        norm: the threat model, e.g. :class:`advkit.norms.L2`.
+        eps: ball radius in input space, a float or ``(B,)``.
+        step_size: step length in the norm, a float or ``(B,)``.
+        bounds: the input box ``(low, high)``.
+
+    Returns:
+        The next iterate, with the dtype and memory format of ``x``.
+
+    Example:
+        >>> from advkit.norms import Linf
+        >>> x0 = torch.full((1, 3), 0.5)
+        >>> pgd_step(x0, x0, torch.tensor([[1.0, -2.0, 0.0]]), norm=Linf(),
+        ...          eps=0.1, step_size=0.25, bounds=(0.0, 1.0))
+        tensor([[0.6000, 0.4000, 0.5000]])
+    """
+    d = norm.direction(grad)
+    if isinstance(step_size, Tensor):
+        d = d * _per_sample(step_size, x, x.dtype)
+    else:
+        d = d * float(step_size)
+    delta = norm.project(x + d - x0, eps)
+    return clip(x0 + delta, bounds)

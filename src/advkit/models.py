@@ -1,0 +1,215 @@
+"""The model wrapper, which owns the input space, and the guard that restores a model.
+
+:func:`wrap` turns any ``nn.Module`` into a :class:`Classifier` that
+
+* declares the input box (``bounds``) in which attacks work and eps is measured,
+* normalizes inside the model (``mean`` / ``std``), so perturbations live in
+  pixel space and never in normalized space,
+* picks the logits out of whatever the module returns (a tensor, an object
+  with ``.logits``, a dict, a tuple, ...).
+
+:func:`model_guard` puts a model in the state an attack needs (eval mode,
+parameters frozen) and restores it exactly afterwards, also when the attack
+raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advkit.checks import ConfigError
+
+__all__ = ["Classifier", "OutputSpec", "model_guard", "wrap"]
+
+OutputSpec = str | int | Callable[[Any], Tensor] | None
+"""How to get logits out of a module's output (see :func:`wrap`)."""
+
+
+def _auto_logits(out: Any) -> Any:
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and len(out) > 0:
+        return out[0]
+    return out
+
+
+def _as_stat(value: float | Sequence[float] | Tensor | None, name: str) -> Tensor | None:
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+    if t.ndim > 1 or t.numel() == 0 or not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"{name} must be a float or a 1-D sequence (one per channel), got {t}.")
+    return t
+
+
+class Classifier(nn.Module):
+    r"""A classifier whose inputs live in the box ``bounds`` and whose output is ``(B, C)`` logits.
+
+    ``forward(x)`` computes ``extract(module((x - mean) / std))``. ``mean`` and
+    ``std`` broadcast over dimension 1 (channels for images, features for
+    vectors). Build it with :func:`wrap`.
+
+    Attributes:
+        module: the wrapped network.
+        bounds: ``(low, high)`` of every input coordinate, in input space.
+        output: how logits are extracted (see :func:`wrap`).
+    """
+
+    mean: Tensor | None
+    std: Tensor | None
+
+    def __init__(
+        self,
+        module: nn.Module,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        mean: float | Sequence[float] | Tensor | None = None,
+        std: float | Sequence[float] | Tensor | None = None,
+        output: OutputSpec = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"advkit.wrap needs an nn.Module, got {type(module).__name__}.")
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bounds must be a pair (low, high), got {bounds!r}.") from None
+        if not lo < hi:
+            raise ConfigError(f"bounds must satisfy low < high, got {bounds!r}.")
+        if not (output is None or isinstance(output, (str, int)) or callable(output)):
+            raise ConfigError(
+                "output must be None, an attribute/key name, an index, or a callable, "
+                f"got {type(output).__name__}."
+            )
+        m, s = _as_stat(mean, "mean"), _as_stat(std, "std")
+        if s is not None and bool((s <= 0).any()):
+            raise ConfigError(f"std must be > 0, got {s}.")
+        self.module = module
+        self.bounds = (lo, hi)
+        self.output = output
+        self.register_buffer("mean", m, persistent=False)
+        self.register_buffer("std", s, persistent=False)
+
+    def _stat(self, t: Tensor, x: Tensor) -> Tensor:
+        if t.ndim == 1 and t.numel() > 1:
+            if x.ndim < 2 or x.shape[1] != t.numel():
+                raise ConfigError(
+                    f"mean/std have {t.numel()} entries but the inputs have "
+                    f"{x.shape[1] if x.ndim > 1 else 'no'} channels (dim 1)."
+                )
+            t = t.reshape(1, -1, *([1] * (x.ndim - 2)))
+        return t.to(dtype=x.dtype)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` (identity where they are not set)."""
+        if self.mean is not None:
+            x = x - self._stat(self.mean, x)
+        if self.std is not None:
+            x = x / self._stat(self.std, x)
+        return x
+
+    def extract(self, out: Any) -> Any:
+        """Pick the logits out of the module's raw output."""
+        spec = self.output
+        if spec is None:
+            return _auto_logits(out)
+        if isinstance(spec, str):
+            if isinstance(out, Mapping):
+                return out[spec]
+            return getattr(out, spec)
+        if isinstance(spec, int):
+            return out[spec]
+        return spec(out)
+
+    def forward(self, x: Tensor) -> Any:
+        return self.extract(self.module(self.normalize(x)))
+
+    def extra_repr(self) -> str:
+        return f"bounds={self.bounds}, output={self.output!r}"
+
+
+def wrap(
+    module: nn.Module,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    mean: float | Sequence[float] | Tensor | None = None,
+    std: float | Sequence[float] | Tensor | None = None,
+    output: OutputSpec = None,
+) -> Classifier:
+    """Wrap a network so that attacks work in its input space and read its logits.
+
+    Args:
+        module: any ``nn.Module`` mapping inputs ``(B, ...)`` to class scores.
+        bounds: ``(low, high)`` of valid inputs, e.g. ``(0, 1)`` for images
+            scaled to [0, 1] or ``(0, 255)``. Attacks keep every coordinate in
+            this box, and eps is measured in this space.
+        mean: per-channel mean subtracted *inside* the model (normalization).
+        std: per-channel standard deviation divided *inside* the model.
+        output: how to read logits from the module's output. ``None`` (default):
+            the output itself if it is a tensor, else its ``.logits``, else
+            ``out["logits"]``, else the first element of a tuple or list. A
+            string: that key of a dict or attribute of an object. An int: that
+            element of a tuple. A callable: applied to the output.
+
+    Returns:
+        A :class:`Classifier`. A :class:`Classifier` passed with no other
+        argument is returned as is.
+
+    Example:
+        >>> net = torch.nn.Linear(3, 2)
+        >>> model = wrap(net, bounds=(0, 1), mean=0.5, std=0.25)
+        >>> model(torch.rand(4, 3)).shape
+        torch.Size([4, 2])
+    """
+    if isinstance(module, Classifier) and (
+        tuple(bounds) == module.bounds and mean is None and std is None and output is None
+    ):
+        return module
+    return Classifier(module, bounds=bounds, mean=mean, std=std, output=output)
+
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module, *, keep_mode: bool = False) -> Iterator[nn.Module]:
+    """Prepare ``model`` for an attack and restore it exactly on exit.
+
+    Inside the block every module is in eval mode (unless ``keep_mode``, for
+    adversarial training with the model's own mode) and every parameter has
+    ``requires_grad=False``, so no weight gradient is ever computed, also by a
+    ``torch.compile``-d backward. On exit, also after an exception, every
+    module's ``training`` flag, every parameter's ``requires_grad`` and
+    ``.grad``, and every buffer (e.g. BatchNorm running statistics, which a
+    forward pass in train mode would update) are put back as they were.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    buffers = [
+        (mod, name, buf, buf.detach().clone())
+        for mod in model.modules()
+        for name, buf in mod._buffers.items()
+        if buf is not None
+    ]
+    try:
+        if not keep_mode:
+            model.eval()
+        for p, _, _ in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        with torch.no_grad():
+            for mod, name, buf, saved in buffers:
+                if mod._buffers.get(name) is not buf:
+                    mod._buffers[name] = buf
+                buf.copy_(saved)
+        for p, req, grad in params:
+            p.requires_grad_(req)
+            p.grad = grad
+        for m, mode in modes:
+            m.training = mode

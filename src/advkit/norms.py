@@ -1,0 +1,173 @@
+"""Threat models as values: ``Linf()``, ``L2()``, ``L1(q=...)``.
+
+A :class:`Norm` is a frozen, stateless value that binds the kernels of
+:mod:`advkit.functional` for one norm: how to measure a perturbation, project
+it onto a ball, pick the steepest-ascent direction of a gradient and sample
+uniformly from a ball. The radius ``eps`` is always an argument, never state,
+so one norm object serves every budget. Attacks take ``norm="linf"`` (or
+``"l2"``, ``"l1"``, ``float("inf")``, ``2``, ``1``) or a :class:`Norm`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from advkit import functional as F
+from advkit.checks import ConfigError
+
+__all__ = ["L1", "L2", "Linf", "Norm", "NormSpec", "resolve_norm"]
+
+
+@dataclass(frozen=True)
+class Norm(ABC):
+    """An Lp threat model. Subclasses: :class:`Linf`, :class:`L2`, :class:`L1`."""
+
+    name: ClassVar[str]
+    p: ClassVar[float]
+
+    @abstractmethod
+    def measure(self, x: Tensor) -> Tensor:
+        """Per-sample norm of ``x`` ``(B, ...)``, shape ``(B,)``."""
+
+    @abstractmethod
+    def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
+        """Euclidean projection of each perturbation onto the ball of radius ``eps``."""
+
+    @abstractmethod
+    def direction(self, grad: Tensor) -> Tensor:
+        """Unit-norm steepest-ascent direction of ``grad`` (0 for a zero gradient)."""
+
+    @abstractmethod
+    def sample(
+        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A perturbation uniform (by volume) in the ball of radius ``eps``, laid out like ``x``."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Linf(Norm):
+    r"""The :math:`L_\infty` threat model: every coordinate moves by at most ``eps``."""
+
+    name: ClassVar[str] = "linf"
+    p: ClassVar[float] = math.inf
+
+    def measure(self, x: Tensor) -> Tensor:
+        return F.linf_norm(x)
+
+    def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
+        return F.linf_project(delta, eps)
+
+    def direction(self, grad: Tensor) -> Tensor:
+        return F.linf_direction(grad)
+
+    def sample(
+        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.linf_sample(x, eps, generator=generator)
+
+
+@dataclass(frozen=True)
+class L2(Norm):
+    r"""The :math:`L_2` threat model: the perturbation's Euclidean length is at most ``eps``."""
+
+    name: ClassVar[str] = "l2"
+    p: ClassVar[float] = 2.0
+
+    def measure(self, x: Tensor) -> Tensor:
+        return F.l2_norm(x)
+
+    def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
+        return F.l2_project(delta, eps)
+
+    def direction(self, grad: Tensor) -> Tensor:
+        return F.l2_direction(grad)
+
+    def sample(
+        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.l2_sample(x, eps, generator=generator)
+
+
+@dataclass(frozen=True)
+class L1(Norm):
+    r"""The :math:`L_1` threat model: the sum of absolute changes is at most ``eps``.
+
+    Args:
+        q: fraction of gradient coordinates (largest magnitudes first) that a
+            step moves, as in SLIDE (Tramèr & Boneh, NeurIPS 2019, whose
+            percentile is ``1 - q``). In ``(0, 1]``; at least one coordinate
+            always moves.
+    """
+
+    name: ClassVar[str] = "l1"
+    p: ClassVar[float] = 1.0
+    q: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.q, (int, float)) and 0.0 < self.q <= 1.0):
+            raise ConfigError(f"L1(q=...) must be a fraction in (0, 1], got {self.q!r}.")
+
+    def measure(self, x: Tensor) -> Tensor:
+        return F.l1_norm(x)
+
+    def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
+        return F.l1_project(delta, eps)
+
+    def direction(self, grad: Tensor) -> Tensor:
+        return F.l1_direction(grad, self.q)
+
+    def sample(
+        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return F.l1_sample(x, eps, generator=generator)
+
+
+NormSpec = str | float | Norm
+"""Anything :func:`resolve_norm` accepts."""
+
+_BY_NAME: dict[str, type[Norm]] = {
+    "linf": Linf,
+    "inf": Linf,
+    "l_inf": Linf,
+    "l2": L2,
+    "2": L2,
+    "l1": L1,
+    "1": L1,
+}
+_BY_P: dict[float, type[Norm]] = {math.inf: Linf, 2.0: L2, 1.0: L1}
+
+
+def resolve_norm(norm: NormSpec) -> Norm:
+    """Turn ``"linf"`` / ``"l2"`` / ``"l1"``, ``inf`` / ``2`` / ``1`` or a :class:`Norm` into a Norm.
+
+    Raises:
+        ConfigError: for an unknown name or order.
+
+    Example:
+        >>> resolve_norm("l2")
+        L2()
+        >>> resolve_norm(float("inf"))
+        Linf()
+    """
+    if isinstance(norm, Norm):
+        return norm
+    if isinstance(norm, str):
+        cls = _BY_NAME.get(norm.strip().lower().replace(" ", ""))
+    elif isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        cls = _BY_P.get(float(norm))
+    else:
+        cls = None
+    if cls is None:
+        raise ConfigError(
+            f"Unknown norm {norm!r}: use 'linf', 'l2' or 'l1' (or advkit.norms.Linf(), L2(), L1(q))."
+        )
+    return cls()
