@@ -55,7 +55,7 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class NormLike(Protocol):
-    """What :func:`pgd_step` needs from a norm (see :mod:`advkit.norms`)."""
+    """What `pgd_step` needs from a norm (see `advkit.norms`)."""
 
     def direction(self, grad: Tensor) -> Tensor: ...
 
@@ -120,7 +120,7 @@ def clip(x: Tensor, bounds: Bounds) -> Tensor:
 
 
 def linf_norm(x: Tensor) -> Tensor:
-    r"""Per-sample :math:`\|x_i\|_\infty`, shape ``(B,)``.
+    r"""Per-sample $\|x_i\|_\infty$, shape ``(B,)``.
 
     The result has the input's dtype (a maximum is exact in any precision).
     """
@@ -128,7 +128,7 @@ def linf_norm(x: Tensor) -> Tensor:
 
 
 def linf_project(delta: Tensor, eps: Scalar) -> Tensor:
-    r"""Euclidean projection onto the Linf ball :math:`\{\|\delta\|_\infty \le \epsilon\}`.
+    r"""Euclidean projection onto the Linf ball $\{\|\delta\|_\infty \le \epsilon\}$.
 
     Coordinate-wise clamping to ``[-eps, eps]``. Followed by box clipping it is
     the exact projection onto the intersection of the ball and the box.
@@ -140,10 +140,10 @@ def linf_project(delta: Tensor, eps: Scalar) -> Tensor:
 
 
 def linf_direction(grad: Tensor) -> Tensor:
-    r"""Steepest-ascent direction under Linf: :math:`\operatorname{sign}(g)`.
+    r"""Steepest-ascent direction under Linf: $\operatorname{sign}(g)$.
 
     It has Linf norm 1 (0 where the gradient is 0) and attains the dual norm:
-    :math:`\langle g, \operatorname{sign}(g)\rangle = \|g\|_1`.
+    $\langle g, \operatorname{sign}(g)\rangle = \|g\|_1$.
     """
     return grad.sign()
 
@@ -159,13 +159,13 @@ def linf_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = N
 
 
 def l2_norm(x: Tensor) -> Tensor:
-    r"""Per-sample :math:`\|x_i\|_2`, shape ``(B,)``, accumulated in at least float32."""
+    r"""Per-sample $\|x_i\|_2$, shape ``(B,)``, accumulated in at least float32."""
     n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=2, dim=1, dtype=_work_dtype(x.dtype))
     return n
 
 
 def l2_project(delta: Tensor, eps: Scalar) -> Tensor:
-    r"""Euclidean projection onto the L2 ball :math:`\{\|\delta\|_2 \le \epsilon\}`.
+    r"""Euclidean projection onto the L2 ball $\{\|\delta\|_2 \le \epsilon\}$.
 
     Samples inside the ball are unchanged; the others are scaled radially onto
     the sphere, which is the Euclidean-nearest point of the ball. Followed by
@@ -180,7 +180,7 @@ def l2_project(delta: Tensor, eps: Scalar) -> Tensor:
 
 
 def l2_direction(grad: Tensor) -> Tensor:
-    r"""Steepest-ascent direction under L2: :math:`g / \|g\|_2` (0 for a zero gradient)."""
+    r"""Steepest-ascent direction under L2: $g / \|g\|_2$ (0 for a zero gradient)."""
     n = l2_norm(grad)
     inv = torch.where(n > 0, 1.0 / n.clamp_min(torch.finfo(n.dtype).tiny), torch.zeros_like(n))
     return _rescale(grad, inv)
@@ -190,7 +190,7 @@ def l2_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = Non
     r"""A perturbation drawn uniformly (by volume) from the L2 ball of radius ``eps``.
 
     A Gaussian direction on the unit sphere times a radius
-    :math:`\epsilon\, U^{1/d}` with :math:`U \sim \mathcal{U}(0, 1)` and ``d``
+    $\epsilon\, U^{1/d}$ with $U \sim \mathcal{U}(0, 1)$ and ``d``
     the number of coordinates per sample (uniform radii would crowd the centre).
     """
     wd = _work_dtype(x.dtype)
@@ -206,34 +206,39 @@ def l2_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = Non
 
 
 def l1_norm(x: Tensor) -> Tensor:
-    r"""Per-sample :math:`\|x_i\|_1`, shape ``(B,)``, accumulated in at least float32."""
+    r"""Per-sample $\|x_i\|_1$, shape ``(B,)``, accumulated in at least float32."""
     n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=1, dim=1, dtype=_work_dtype(x.dtype))
     return n
 
 
 def l1_project(delta: Tensor, eps: Scalar) -> Tensor:
-    r"""Exact Euclidean projection onto the L1 ball :math:`\{\|\delta\|_1 \le \epsilon\}`.
+    r"""Exact Euclidean projection onto the L1 ball $\{\|\delta\|_1 \le \epsilon\}$.
 
     The sort-based algorithm of Duchi et al., "Efficient Projections onto the
     l1-Ball for Learning in High Dimensions" (ICML 2008), batched: for a sample
     outside the ball the projection is
-    :math:`\operatorname{sign}(\delta)\max(|\delta| - \theta, 0)` with the
-    threshold :math:`\theta \ge 0` that makes its L1 norm equal to
-    :math:`\epsilon`. Cost :math:`O(d \log d)` per sample, no loop over samples.
+    $\operatorname{sign}(\delta)\max(|\delta| - \theta, 0)$ with the
+    threshold $\theta \ge 0$ that makes its L1 norm equal to
+    $\epsilon$. Cost $O(d \log d)$ per sample, no loop over samples.
     """
     wd = _work_dtype(delta.dtype)
-    a = delta.flatten(1).to(wd).abs()
+    work = delta.to(wd)
+    a = work.flatten(1).abs()
     b, d = a.shape
-    e = _per_sample(eps, delta, wd).reshape(b, 1)
+    e = _per_sample(eps, delta, wd).reshape(b)
     u = a.sort(dim=1, descending=True).values
-    css = u.cumsum(dim=1) - e
+    css = u.cumsum(dim=1) - e.unsqueeze(1)
     k = torch.arange(1, d + 1, device=a.device, dtype=wd)
     # rho = max{j : u_j > (cumsum_j - eps) / j}; the condition holds exactly for j <= rho.
     rho = (u * k > css).sum(dim=1, keepdim=True).clamp_min(1)
-    theta = (css.gather(1, rho - 1) / rho.to(wd)).clamp_min(0)
-    theta = torch.where(a.sum(dim=1, keepdim=True) <= e, torch.zeros_like(theta), theta)
-    th = batch_view(theta.reshape(b), delta.ndim).to(delta.dtype)
-    return delta.sign() * (delta.abs() - th).clamp_min(0)
+    theta = (css.gather(1, rho - 1) / rho.to(wd)).clamp_min(0).reshape(b)
+    theta = torch.where(a.sum(dim=1) <= e, torch.zeros_like(theta), theta)
+    out = work.sign() * (work.abs() - batch_view(theta, work.ndim)).clamp_min(0)
+    # |x| - theta cancels badly when eps << |x|: a radial rescale removes that rounding
+    # error, so the result is in the ball up to a relative (not absolute) rounding error.
+    n = out.flatten(1).abs().sum(dim=1)
+    fix = torch.where(n > e, e / n.clamp_min(torch.finfo(wd).tiny), torch.ones_like(n))
+    return (out * batch_view(fix, out.ndim)).to(delta.dtype)
 
 
 def l1_k(d: int, q: float) -> int:
@@ -266,9 +271,9 @@ def l1_direction(grad: Tensor, q: float = 0.01) -> Tensor:
 def l1_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
     r"""A perturbation drawn uniformly (by volume) from the L1 ball of radius ``eps``.
 
-    With :math:`E_1, \dots, E_{d+1}` i.i.d. exponential, the vector
-    :math:`(E_1, \dots, E_d) / \sum_{i \le d+1} E_i` is uniform in the simplex
-    :math:`\{v \ge 0, \sum v \le 1\}`; random signs make it uniform in the ball.
+    With $E_1, \dots, E_{d+1}$ i.i.d. exponential, the vector
+    $(E_1, \dots, E_d) / \sum_{i \le d+1} E_i$ is uniform in the simplex
+    $\{v \ge 0, \sum v \le 1\}$; random signs make it uniform in the ball.
     """
     wd = _work_dtype(x.dtype)
     b, d = x.shape[0], x[0].numel()
@@ -294,12 +299,13 @@ def pgd_step(
 ) -> Tensor:
     r"""One projected steepest-ascent step (the reference implementation).
 
-    .. math::
-        x' = \operatorname{clip}_{[l, u]}\Big(x_0 + \Pi_{\|\cdot\| \le \epsilon}
-             \big(x + \alpha\, d(g) - x_0\big)\Big)
+    $$
+    x' = \operatorname{clip}_{[l, u]}\Big(x_0 + \Pi_{\|\cdot\| \le \epsilon}
+         \big(x + \alpha\, d(g) - x_0\big)\Big)
+    $$
 
-    with :math:`d(g)` the norm's steepest-ascent direction of ``grad`` and
-    :math:`\Pi` its ball projection. The result is always feasible: clipping
+    with $d(g)$ the norm's steepest-ascent direction of ``grad`` and
+    $\Pi$ its ball projection. The result is always feasible: clipping
     to the box only shrinks every coordinate of the perturbation towards 0
     (``x0`` lies in the box), so it cannot leave the ball. For Linf this is the
     exact projection onto the intersection of ball and box; for L2 and L1 it is
@@ -309,7 +315,7 @@ def pgd_step(
         x: current iterate ``(B, ...)``.
         x0: clean inputs ``(B, ...)``, the centre of the ball.
         grad: gradient of the attacker's objective with respect to ``x``.
-        norm: the threat model, e.g. :class:`advkit.norms.L2`.
+        norm: the threat model, e.g. `advkit.norms.L2`.
         eps: ball radius in input space, a float or ``(B,)``.
         step_size: step length in the norm, a float or ``(B,)``.
         bounds: the input box ``(low, high)``.

@@ -1,6 +1,6 @@
 """The model wrapper, which owns the input space, and the guard that restores a model.
 
-:func:`wrap` turns any ``nn.Module`` into a :class:`Classifier` that
+`wrap` turns any ``nn.Module`` into a `Classifier` that
 
 * declares the input box (``bounds``) in which attacks work and eps is measured,
 * normalizes inside the model (``mean`` / ``std``), so perturbations live in
@@ -8,7 +8,7 @@
 * picks the logits out of whatever the module returns (a tensor, an object
   with ``.logits``, a dict, a tuple, ...).
 
-:func:`model_guard` puts a model in the state an attack needs (eval mode,
+`model_guard` puts a model in the state an attack needs (eval mode,
 parameters frozen) and restores it exactly afterwards, also when the attack
 raises.
 """
@@ -27,7 +27,7 @@ from advkit.checks import ConfigError
 __all__ = ["Classifier", "OutputSpec", "model_guard", "wrap"]
 
 OutputSpec = str | int | Callable[[Any], Tensor] | None
-"""How to get logits out of a module's output (see :func:`wrap`)."""
+"""How to get logits out of a module's output (see `wrap`)."""
 
 
 def _auto_logits(out: Any) -> Any:
@@ -57,12 +57,12 @@ class Classifier(nn.Module):
 
     ``forward(x)`` computes ``extract(module((x - mean) / std))``. ``mean`` and
     ``std`` broadcast over dimension 1 (channels for images, features for
-    vectors). Build it with :func:`wrap`.
+    vectors). Build it with `wrap`.
 
     Attributes:
         module: the wrapped network.
         bounds: ``(low, high)`` of every input coordinate, in input space.
-        output: how logits are extracted (see :func:`wrap`).
+        output: how logits are extracted (see `wrap`).
     """
 
     mean: Tensor | None
@@ -160,7 +160,7 @@ def wrap(
             element of a tuple. A callable: applied to the output.
 
     Returns:
-        A :class:`Classifier`. A :class:`Classifier` passed with no other
+        The wrapped `Classifier`; a `Classifier` passed with no other
         argument is returned as is.
 
     Example:

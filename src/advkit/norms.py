@@ -1,11 +1,11 @@
 """Threat models as values: ``Linf()``, ``L2()``, ``L1(q=...)``.
 
-A :class:`Norm` is a frozen, stateless value that binds the kernels of
-:mod:`advkit.functional` for one norm: how to measure a perturbation, project
+A `Norm` is a frozen, stateless value that binds the kernels of
+`advkit.functional` for one norm: how to measure a perturbation, project
 it onto a ball, pick the steepest-ascent direction of a gradient and sample
 uniformly from a ball. The radius ``eps`` is always an argument, never state,
 so one norm object serves every budget. Attacks take ``norm="linf"`` (or
-``"l2"``, ``"l1"``, ``float("inf")``, ``2``, ``1``) or a :class:`Norm`.
+``"l2"``, ``"l1"``, ``float("inf")``, ``2``, ``1``) or a `Norm`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["L1", "L2", "Linf", "Norm", "NormSpec", "resolve_norm"]
 
 @dataclass(frozen=True)
 class Norm(ABC):
-    """An Lp threat model. Subclasses: :class:`Linf`, :class:`L2`, :class:`L1`."""
+    """An Lp threat model. Subclasses: `Linf`, `L2`, `L1`."""
 
     name: ClassVar[str]
     p: ClassVar[float]
@@ -55,7 +55,7 @@ class Norm(ABC):
 
 @dataclass(frozen=True)
 class Linf(Norm):
-    r"""The :math:`L_\infty` threat model: every coordinate moves by at most ``eps``."""
+    r"""The $L_\infty$ threat model: every coordinate moves by at most ``eps``."""
 
     name: ClassVar[str] = "linf"
     p: ClassVar[float] = math.inf
@@ -77,7 +77,7 @@ class Linf(Norm):
 
 @dataclass(frozen=True)
 class L2(Norm):
-    r"""The :math:`L_2` threat model: the perturbation's Euclidean length is at most ``eps``."""
+    r"""The $L_2$ threat model: the perturbation's Euclidean length is at most ``eps``."""
 
     name: ClassVar[str] = "l2"
     p: ClassVar[float] = 2.0
@@ -99,7 +99,7 @@ class L2(Norm):
 
 @dataclass(frozen=True)
 class L1(Norm):
-    r"""The :math:`L_1` threat model: the sum of absolute changes is at most ``eps``.
+    r"""The $L_1$ threat model: the sum of absolute changes is at most ``eps``.
 
     Args:
         q: fraction of gradient coordinates (largest magnitudes first) that a
@@ -132,7 +132,7 @@ class L1(Norm):
 
 
 NormSpec = str | float | Norm
-"""Anything :func:`resolve_norm` accepts."""
+"""Anything `resolve_norm` accepts."""
 
 _BY_NAME: dict[str, type[Norm]] = {
     "linf": Linf,
@@ -147,7 +147,7 @@ _BY_P: dict[float, type[Norm]] = {math.inf: Linf, 2.0: L2, 1.0: L1}
 
 
 def resolve_norm(norm: NormSpec) -> Norm:
-    """Turn ``"linf"`` / ``"l2"`` / ``"l1"``, ``inf`` / ``2`` / ``1`` or a :class:`Norm` into a Norm.
+    """Turn ``"linf"`` / ``"l2"`` / ``"l1"``, ``inf`` / ``2`` / ``1`` or a `Norm` into a Norm.
 
     Raises:
         ConfigError: for an unknown name or order.

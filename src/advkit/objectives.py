@@ -39,7 +39,7 @@ def _pick(z: Tensor, cls: Tensor) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
-    r"""Cross-entropy: :math:`\mathrm{CE}(z, y)` untargeted, :math:`-\mathrm{CE}(z, t)` targeted.
+    r"""Cross-entropy: $\mathrm{CE}(z, y)$ untargeted, $-\mathrm{CE}(z, t)$ targeted.
 
     Example:
         >>> z = torch.tensor([[2.0, 0.0]])
@@ -55,12 +55,12 @@ def cross_entropy(logits: Tensor, labels: Tensor, targets: Tensor | None = None)
 def margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
     r"""The Carlini-Wagner margin, positive exactly when the attack succeeds.
 
-    Untargeted: :math:`\max_{j \ne y} z_j - z_y`; targeted:
-    :math:`z_t - \max_{j \ne t} z_j`. Correct for logits of any sign and for
+    Untargeted: $\max_{j \ne y} z_j - z_y$; targeted:
+    $z_t - \max_{j \ne t} z_j$. Correct for logits of any sign and for
     log-probabilities (the margin is invariant to a per-row shift).
 
     Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks"
-    (IEEE S&P 2017), objective :math:`f_6`.
+    (IEEE S&P 2017), objective $f_6$.
     """
     z = _f(logits)
     if targets is None:
@@ -71,9 +71,9 @@ def margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Ten
 def dlr(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
     r"""Difference of Logits Ratio, invariant to shifting and rescaling the logits.
 
-    Untargeted: :math:`-(z_y - \max_{j \ne y} z_j) / (z_{\pi_1} - z_{\pi_3})`;
-    targeted: :math:`-(z_y - z_t) / (z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2)`,
-    with :math:`z_{\pi_1} \ge z_{\pi_2} \ge \dots` the sorted logits. Needs at
+    Untargeted: $-(z_y - \max_{j \ne y} z_j) / (z_{\pi_1} - z_{\pi_3})$;
+    targeted: $-(z_y - z_t) / (z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2)$,
+    with $z_{\pi_1} \ge z_{\pi_2} \ge \dots$ the sorted logits. Needs at
     least 3 (untargeted) or 4 (targeted) classes.
 
     Croce & Hein, "Reliable evaluation of adversarial robustness with an

@@ -52,7 +52,7 @@ class AttackResult:
     @property
     def success_rate(self) -> float:
         """Fraction of samples on which the attack succeeded (a host sync)."""
-        return float(self.success.float().mean())
+        return int(self.success.sum()) / max(self.success.numel(), 1)
 
     def robust_accuracy(self) -> float:
         """Fraction of samples still classified correctly on ``x_adv`` (untargeted attacks).
@@ -66,7 +66,7 @@ class AttackResult:
                 "robust_accuracy() is defined for untargeted attacks; for a targeted attack "
                 "use result.success_rate (fraction of samples that reached their target)."
             )
-        return 1.0 - self.success_rate
+        return int((~self.success).sum()) / max(self.success.numel(), 1)
 
     def __repr__(self) -> str:
         kind = "targeted" if self.targeted else "untargeted"

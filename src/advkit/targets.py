@@ -28,7 +28,7 @@ class TargetMap(Protocol):
 
 @dataclass(frozen=True)
 class Shift:
-    """Targets ``(labels + k) % C`` (see :func:`shift`)."""
+    """Targets ``(labels + k) % C`` (see `shift`)."""
 
     k: int = 1
 
@@ -46,7 +46,7 @@ class Shift:
 
 @dataclass(frozen=True)
 class RandomTarget:
-    """A class drawn uniformly among the ``C - 1`` wrong ones (see :func:`random`)."""
+    """A class drawn uniformly among the ``C - 1`` wrong ones (see `random`)."""
 
     def __call__(
         self, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None
@@ -60,7 +60,7 @@ class RandomTarget:
 
 @dataclass(frozen=True)
 class LeastLikely:
-    """The class with the lowest clean logit other than the label (see :func:`least_likely`)."""
+    """The class with the lowest clean logit other than the label (see `least_likely`)."""
 
     def __call__(
         self, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None

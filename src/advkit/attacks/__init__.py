@@ -1,4 +1,4 @@
-"""The attacks. Import them from :mod:`advkit` directly."""
+"""The attacks. Import them from `advkit` directly."""
 
 from advkit.attacks.base import Attack, Context
 from advkit.attacks.fast_gradient import FGSM

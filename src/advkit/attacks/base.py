@@ -2,7 +2,7 @@
 
 ``Attack.__call__`` validates the inputs, clones them, guards the model (eval
 mode, frozen parameters, everything restored afterwards), resolves the
-targets, hands a :class:`Context` to the subclass's :meth:`Attack.run`, and
+targets, hands a `Context` to the subclass's `Attack.run`, and
 scores the returned tensor. Subclasses only implement ``run``.
 """
 
@@ -32,7 +32,7 @@ class Context:
     """Everything one attack call works with; counts the model's passes.
 
     Attributes:
-        model: the guarded :class:`~advkit.models.Classifier`.
+        model: the guarded `Classifier`.
         x0: clean inputs (a private copy; never modified).
         labels: ``(B,)`` true labels.
         targets: ``(B,)`` target classes, or ``None`` when untargeted.
@@ -120,11 +120,11 @@ class Attack(ABC):
 
     Args:
         norm: the threat model: ``"linf"``, ``"l2"``, ``"l1"`` or a
-            :class:`~advkit.norms.Norm`.
+            `Norm`.
         eps: default budget (radius of the norm ball, in the model's input
             space); a call's ``eps=`` overrides it.
         objective: ``(logits, labels, targets) -> (B,)``, higher is better for
-            the attacker; see :mod:`advkit.objectives`.
+            the attacker; see `advkit.objectives`.
     """
 
     def __init__(
@@ -135,7 +135,12 @@ class Attack(ABC):
         objective: Objective = cross_entropy,
     ) -> None:
         self.norm: Norm = resolve_norm(norm)
-        self.eps = None if eps is None else checks.check_eps(eps, 1)
+        if isinstance(eps, Tensor):
+            raise checks.ConfigError(
+                "the constructor's eps is one float for every call; pass per-sample budgets "
+                "to the call instead: attack(model, x, y, eps=tensor_of_shape_B)."
+            )
+        self.eps: float | None = None if eps is None else float(checks.check_eps(eps, 1))
         if not callable(objective):
             raise checks.ConfigError(
                 f"objective must be a callable (logits, labels, targets) -> (B,), "
@@ -155,9 +160,9 @@ class Attack(ABC):
         """Find adversarial inputs.
 
         Returns:
-            ``x_adv``, feasible (in the ball and the box), and optionally the
-            logits computed on exactly ``x_adv`` (``None`` lets the caller
-            compute them).
+            The pair ``(x_adv, logits)``: ``x_adv`` feasible (in the ball and
+                the box), ``logits`` computed on exactly ``x_adv`` or ``None`` to
+                let the caller compute them.
         """
 
     def __call__(
@@ -174,12 +179,12 @@ class Attack(ABC):
         """Attack ``model`` on inputs ``x`` with labels ``y``.
 
         Args:
-            model: a :class:`~advkit.models.Classifier` or any ``nn.Module``
+            model: a `Classifier` or any ``nn.Module``
                 (wrapped with ``bounds=(0, 1)``).
             x: clean inputs ``(B, ...)`` inside the model's bounds; never modified.
             y: true labels ``(B,)``.
             targets: ``None`` for an untargeted attack; a ``(B,)`` tensor of
-                classes or a target map (:mod:`advkit.targets`) for a targeted one.
+                classes or a target map (`advkit.targets`) for a targeted one.
             eps: budget overriding the constructor's: a float, or a ``(B,)``
                 tensor of per-sample budgets (e.g. an eps sweep over copies of a batch).
             generator: source of randomness; the same seeded generator gives
@@ -189,7 +194,7 @@ class Attack(ABC):
                 Buffers are restored either way.
 
         Returns:
-            An :class:`~advkit.result.AttackResult`.
+            The result of the attack, an `AttackResult`.
 
         Raises:
             InputError, BoundsError: bad inputs (not batched, NaN/Inf, outside bounds).
@@ -197,6 +202,11 @@ class Attack(ABC):
             ConfigError: bad eps or generator.
             ModelOutputError: the model does not return ``(B, C)`` logits.
         """
+        if torch.is_inference_mode_enabled():
+            raise checks.ConfigError(
+                "attacks need input gradients, which torch.inference_mode() disables; call the "
+                "attack outside that block (torch.no_grad() is fine: attacks re-enable autograd)."
+            )
         clf = wrap(model) if not isinstance(model, Classifier) else model
         checks.check_inputs(x, clf.bounds)
         batch = x.shape[0]

@@ -13,9 +13,11 @@ __all__ = ["FGSM"]
 class FGSM(Attack):
     r"""Fast Gradient (Sign) Method: one full step of length eps along the steepest ascent.
 
-    .. math:: x_{adv} = \operatorname{clip}_{[l,u]}\big(x + \epsilon\, d(\nabla_x L(x, y))\big)
+    $$
+    x_{adv} = \operatorname{clip}_{[l,u]}\big(x + \epsilon\, d(\nabla_x L(x, y))\big)
+    $$
 
-    with :math:`d` the norm's steepest-ascent direction: the sign of the
+    with $d$ the norm's steepest-ascent direction: the sign of the
     gradient for Linf (FGSM, Goodfellow et al., "Explaining and Harnessing
     Adversarial Examples", ICLR 2015), the normalized gradient for L2 and the
     sparse SLIDE direction for L1 (FGM, Miyato et al. 2016). Targeted through

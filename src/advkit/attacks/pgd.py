@@ -22,11 +22,12 @@ class PGD(Attack):
     Each of ``restarts`` runs starts at a point drawn uniformly from the ball
     (``random_init=True``) and repeats ``steps`` times
 
-    .. math::
-        x \leftarrow \operatorname{clip}_{[l,u]}\big(x_0 + \Pi_\epsilon(x + \alpha\, d(\nabla_x L(x)) - x_0)\big)
+    $$
+    x \leftarrow \operatorname{clip}_{[l,u]}\big(x_0 + \Pi_\epsilon(x + \alpha\, d(\nabla_x L(x)) - x_0)\big)
+    $$
 
-    with :math:`d` the norm's steepest-ascent direction (sign for Linf, the
-    normalized gradient for L2, SLIDE's sparse sign for L1) and :math:`L` the
+    with $d$ the norm's steepest-ascent direction (sign for Linf, the
+    normalized gradient for L2, SLIDE's sparse sign for L1) and $L$ the
     objective. Every iterate is scored: per sample the attack returns the best
     point seen over all steps and restarts (a successful one first, then the
     highest objective), so a success found at any step is never lost.
@@ -35,7 +36,7 @@ class PGD(Attack):
         norm: threat model, ``"linf"`` (default), ``"l2"``, ``"l1"`` or a Norm.
         eps: radius of the ball in input space (may also be given per call).
         steps: gradient steps per restart.
-        step_size: step length :math:`\alpha` in the norm, in input space.
+        step_size: step length $\alpha$ in the norm, in input space.
             Default ``2.5 * eps / steps`` (Madry et al.), per sample when eps is.
         random_init: start from a uniform random point in the ball.
         restarts: independent runs; the best result per sample is kept.
