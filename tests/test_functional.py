@@ -1,0 +1,227 @@
+"""Properties of the norm kernels (functional.py / norms.py), checked with hypothesis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from advkit import functional as F
+from advkit.norms import L1, L2, Linf, Norm, resolve_norm
+
+NORMS: list[Norm] = [Linf(), L2(), L1(q=0.25), L1(q=1e-6)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+ORDERS = {"linf": math.inf, "l2": 2.0, "l1": 1.0}
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def exact(x: torch.Tensor, norm: Norm) -> torch.Tensor:
+    return torch.linalg.vector_norm(x.double().flatten(1), ord=ORDERS[norm.name], dim=1)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> dict[str, object]:
+    """A batch of any shape and dtype, a norm, and a budget (float or per sample, 0 included)."""
+    b = draw(st.integers(1, 4))
+    feat = draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+    dtype = draw(st.sampled_from(DTYPES))
+    norm = draw(st.sampled_from(NORMS))
+    scale = draw(st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
+    seed = draw(st.integers(0, 2**16))
+    zero_rows = draw(st.booleans())
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn((b, *feat), generator=g, dtype=torch.float64) * scale).to(dtype)
+    if zero_rows:
+        x[0] = 0
+    per_sample = draw(st.booleans())
+    eps_vals = draw(
+        st.lists(st.sampled_from([0.0, 1e-3, 0.05, 0.5, 2.0, 7.0]), min_size=b, max_size=b)
+    )
+    eps: float | torch.Tensor = torch.tensor(eps_vals) if per_sample else eps_vals[0]
+    channels_last = len(feat) == 3 and draw(st.booleans())
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return {"x": x, "norm": norm, "eps": eps, "b": b, "channels_last": channels_last, "seed": seed}
+
+
+def eps_tensor(eps: float | torch.Tensor, b: int) -> torch.Tensor:
+    return eps.double() if isinstance(eps, torch.Tensor) else torch.full((b,), float(eps)).double()
+
+
+def assert_layout(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> None:
+    assert out.shape == x.shape and out.dtype == x.dtype
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@given(batches())
+def test_project_lands_in_ball_and_is_idempotent(case: dict[str, object]) -> None:
+    x, norm, eps, b = case["x"], case["norm"], case["eps"], case["b"]
+    assert isinstance(x, torch.Tensor) and isinstance(norm, Norm)
+    e = eps_tensor(eps, b)  # type: ignore[arg-type]
+    tol = TOL[x.dtype]
+    p = norm.project(x, eps)  # type: ignore[arg-type]
+    assert_layout(p, x, bool(case["channels_last"]))
+    assert not bool(torch.isnan(p).any())
+    n_in, n_out = exact(x, norm), exact(p, norm)
+    assert bool((n_out <= e * (1 + 4 * tol) + 1e-30).all())
+    # Points inside the ball are unchanged; points outside end on the boundary.
+    inside = n_in <= e
+    assert torch.equal(p[inside], x[inside])
+    outside = ~inside
+    torch.testing.assert_close(n_out[outside], e[outside], rtol=4 * tol, atol=1e-6)
+    # Idempotent (up to rounding in low precision).
+    pp = norm.project(p, eps)  # type: ignore[arg-type]
+    torch.testing.assert_close(pp.double(), p.double(), rtol=4 * tol, atol=4 * tol * float(e.max()))
+
+
+@given(batches(), st.integers(0, 2**16))
+def test_projection_is_euclidean_nearest(case: dict[str, object], seed: int) -> None:
+    """No point of the ball is closer to x than its projection (exact for every norm here)."""
+    x, norm, eps = case["x"], case["norm"], case["eps"]
+    assert isinstance(x, torch.Tensor) and isinstance(norm, Norm)
+    x = x.double()
+    p = norm.project(x, eps)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(seed)
+    d_p = torch.linalg.vector_norm((x - p).flatten(1), dim=1)
+    for _ in range(8):
+        z = norm.sample(x, eps, generator=g)  # type: ignore[arg-type]
+        d_z = torch.linalg.vector_norm((x - z).flatten(1), dim=1)
+        assert bool((d_p <= d_z + 1e-9).all())
+
+
+@given(batches())
+def test_l1_projection_has_soft_threshold_form(case: dict[str, object]) -> None:
+    """KKT conditions of the L1 projection: p = sign(x) max(|x| - theta, 0) with one theta >= 0."""
+    x, eps, b = case["x"], case["eps"], case["b"]
+    assert isinstance(x, torch.Tensor)
+    x = x.double().flatten(1)
+    p = F.l1_project(x, eps)  # type: ignore[arg-type]
+    shrink = x.abs() - p.abs()
+    moved = p != 0
+    for i in range(b):  # type: ignore[call-overload]
+        s = shrink[i][moved[i]]
+        if s.numel():
+            assert float(s.max() - s.min()) < 1e-9
+            theta = float(s[0])
+            assert theta >= -1e-12
+            assert bool((x[i][~moved[i]].abs() <= theta + 1e-9).all())
+        assert bool((torch.sign(p[i]) * torch.sign(x[i]) >= 0).all())
+
+
+@given(batches())
+def test_direction_unit_norm_and_dual(case: dict[str, object]) -> None:
+    g, norm = case["x"], case["norm"]
+    assert isinstance(g, torch.Tensor) and isinstance(norm, Norm)
+    d = norm.direction(g)
+    assert_layout(d, g, bool(case["channels_last"]))
+    assert not bool(torch.isnan(d).any())
+    tol = TOL[g.dtype]
+    nonzero = exact(g, norm) > 0
+    dn = exact(d, norm)
+    torch.testing.assert_close(
+        dn[nonzero], torch.ones_like(dn[nonzero]), rtol=4 * tol, atol=4 * tol
+    )
+    assert bool((dn[~nonzero] == 0).all()), "zero gradient must give a zero direction"
+    inner = (g.double() * d.double()).flatten(1).sum(1)
+    gd = g.double().flatten(1)
+    if isinstance(norm, Linf):
+        dual = gd.abs().sum(1)
+    elif isinstance(norm, L2):
+        dual = torch.linalg.vector_norm(gd, dim=1)
+    else:
+        dual = gd.abs().amax(1)
+    if isinstance(norm, L1) and norm.q > 1e-3:
+        # SLIDE spreads the step: <g, d> is the mean of the kept |g_i|, between mean |g| and max |g|.
+        assert bool((inner <= dual * (1 + 4 * tol) + 1e-12).all())
+        assert bool((inner >= gd.abs().mean(1) * (1 - 4 * tol) - 1e-12).all())
+    else:
+        torch.testing.assert_close(inner, dual, rtol=8 * tol, atol=1e-12)
+
+
+@given(batches())
+def test_sample_lies_in_ball(case: dict[str, object]) -> None:
+    x, norm, eps, b = case["x"], case["norm"], case["eps"], case["b"]
+    assert isinstance(x, torch.Tensor) and isinstance(norm, Norm)
+    g = torch.Generator().manual_seed(int(case["seed"]))  # type: ignore[call-overload]
+    s = norm.sample(x, eps, generator=g)  # type: ignore[arg-type]
+    assert_layout(s, x, bool(case["channels_last"]))
+    e = eps_tensor(eps, b)  # type: ignore[arg-type]
+    assert bool((exact(s, norm) <= e * (1 + 4 * TOL[x.dtype]) + 1e-30).all())
+
+
+@given(batches(), st.sampled_from([0.01, 0.3, 2.0]))
+def test_pgd_step_feasible_and_matches_composition(case: dict[str, object], alpha: float) -> None:
+    x0, norm, eps, b = case["x"], case["norm"], case["eps"], case["b"]
+    assert isinstance(x0, torch.Tensor) and isinstance(norm, Norm)
+    x0 = x0.clamp(-1, 1)
+    g = torch.Generator().manual_seed(int(case["seed"]))  # type: ignore[call-overload]
+    x = F.clip(x0 + norm.sample(x0, eps, generator=g), (-1.0, 1.0))  # type: ignore[arg-type]
+    grad = torch.randn(x0.shape, generator=g).to(x0.dtype)
+    out = F.pgd_step(x, x0, grad, norm=norm, eps=eps, step_size=alpha, bounds=(-1.0, 1.0))  # type: ignore[arg-type]
+    assert_layout(out, x0, bool(case["channels_last"]))
+    e = eps_tensor(eps, b)  # type: ignore[arg-type]
+    tol = TOL[x0.dtype]
+    assert bool((exact(out - x0, norm) <= e * (1 + 4 * tol) + 4 * tol).all())
+    assert float(out.min()) >= -1 and float(out.max()) <= 1
+    ref = F.clip(x0 + norm.project(x + alpha * norm.direction(grad) - x0, eps), (-1.0, 1.0))  # type: ignore[arg-type]
+    assert torch.equal(out, ref)
+
+
+def test_pgd_step_zero_gradient_and_zero_eps() -> None:
+    x0 = torch.rand(3, 2, 4, dtype=torch.float64)
+    zero = torch.zeros_like(x0)
+    for norm in NORMS:
+        out = F.pgd_step(x0, x0, zero, norm=norm, eps=0.3, step_size=0.1, bounds=(0.0, 1.0))
+        assert torch.equal(out, x0)
+        out = F.pgd_step(
+            x0, x0, torch.randn_like(x0), norm=norm, eps=0.0, step_size=0.1, bounds=(0.0, 1.0)
+        )
+        assert torch.equal(out, x0)
+
+
+def test_per_sample_step_size() -> None:
+    x0 = torch.full((3, 5), 0.5)
+    grad = torch.ones(3, 5)
+    steps = torch.tensor([0.0, 0.1, 0.2])
+    out = F.pgd_step(x0, x0, grad, norm=Linf(), eps=1.0, step_size=steps, bounds=(0.0, 1.0))
+    torch.testing.assert_close(out[:, 0], 0.5 + steps)
+
+
+@pytest.mark.parametrize(
+    ("norm", "dims", "radius", "expected"),
+    [(L2(), 2, 0.5, 0.25), (L2(), 3, 0.5, 0.125), (L1(), 2, 0.5, 0.25), (Linf(), 2, 0.5, 0.25)],
+)
+def test_sampling_is_uniform_by_volume(
+    norm: Norm, dims: int, radius: float, expected: float
+) -> None:
+    """P(||s|| <= r eps) = r^d for a uniform distribution in a d-dimensional ball."""
+    x = torch.zeros(40000, dims, dtype=torch.float64)
+    s = norm.sample(x, 2.0, generator=torch.Generator().manual_seed(0))
+    frac = float((exact(s, norm) <= radius * 2.0).double().mean())
+    assert abs(frac - expected) < 0.015, frac
+
+
+def test_l1_direction_keeps_top_fraction() -> None:
+    g = torch.tensor([[0.1, -5.0, 3.0, 0.2, -0.05, 4.0, 0.0, 1.0]])
+    d = F.l1_direction(g, q=0.25)  # ceil(0.25 * 8) = 2 coordinates: -5 and 4
+    torch.testing.assert_close(d, torch.tensor([[0, -0.5, 0, 0, 0, 0.5, 0, 0]]))
+    assert F.l1_k(100, 0.01) == 1 and F.l1_k(100, 0.5) == 50 and F.l1_k(3, 1e-9) == 1
+
+
+def test_l1_projection_known_value() -> None:
+    x = torch.tensor([[3.0, -1.0, 0.5]])
+    # theta = 1.25: (1.75, 0, 0) has L1 norm ... solve: 3 - t = 2 -> t = 1, |-1| - 1 = 0.
+    p = F.l1_project(x, 2.0)
+    torch.testing.assert_close(p, torch.tensor([[2.0, 0.0, 0.0]]))
+    p = F.l1_project(x, 3.0)  # 3 - t + 1 - t = 3 -> t = 0.5
+    torch.testing.assert_close(p, torch.tensor([[2.5, -0.5, 0.0]]))
+
+
+def test_resolve_norm_names() -> None:
+    assert resolve_norm("Linf") == Linf() and resolve_norm(math.inf) == Linf()
+    assert resolve_norm("l2") == L2() and resolve_norm(2) == L2()
+    assert resolve_norm("l1") == L1() and resolve_norm(L1(q=0.5)).q == 0.5  # type: ignore[attr-defined]
