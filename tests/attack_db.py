@@ -23,6 +23,7 @@ class AttackInfo:
     eps: dict[str, float] = field(default_factory=lambda: {"linf": 0.1, "l2": 0.5, "l1": 2.0})
     randomized: bool = False
     gradient: bool = True
+    minimal: bool = False
 
     def cases(self) -> list[tuple[str, str, float]]:
         return [(f"{self.name}-{n}", n, self.eps[n]) for n in self.norms]
@@ -57,6 +58,18 @@ ATTACKS: list[AttackInfo] = [
         lambda n, e: advkit.GaussianNoise(norm=n, eps=e),
         randomized=True,
         gradient=False,
+    ),
+    AttackInfo(
+        "DeepFool",
+        lambda n, e: advkit.DeepFool(norm=n, steps=5, candidates=3),
+        norms=("l2", "linf"),
+        minimal=True,
+    ),
+    AttackInfo(
+        "CW",
+        lambda n, e: advkit.CW(steps=6, search_steps=2, initial_const=1.0),
+        norms=("l2",),
+        minimal=True,
     ),
 ]
 

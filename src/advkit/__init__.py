@@ -2,7 +2,17 @@
 
 from advkit import checks, functional, norms, objectives, targets
 from advkit._version import __version__
-from advkit.attacks import BIM, FGSM, PGD, Attack, GaussianNoise, UniformNoise
+from advkit.attacks import (
+    BIM,
+    CW,
+    FGSM,
+    PGD,
+    Attack,
+    DeepFool,
+    GaussianNoise,
+    MinNormAttack,
+    UniformNoise,
+)
 from advkit.checks import (
     AdvkitError,
     BoundsError,
@@ -18,6 +28,7 @@ from advkit.result import AttackResult
 
 __all__ = [
     "BIM",
+    "CW",
     "FGSM",
     "L1",
     "L2",
@@ -28,10 +39,12 @@ __all__ = [
     "BoundsError",
     "Classifier",
     "ConfigError",
+    "DeepFool",
     "GaussianNoise",
     "InputError",
     "LabelError",
     "Linf",
+    "MinNormAttack",
     "ModelOutputError",
     "Norm",
     "ProbabilityOutputWarning",

@@ -36,6 +36,10 @@ class Norm(ABC):
         """Per-sample norm of ``x`` ``(B, ...)``, shape ``(B,)``."""
 
     @abstractmethod
+    def dual_measure(self, x: Tensor) -> Tensor:
+        """Per-sample dual norm, ``(B,)``: the largest ``<x, d>`` over unit-norm ``d``."""
+
+    @abstractmethod
     def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
         """Euclidean projection of each perturbation onto the ball of radius ``eps``."""
 
@@ -63,6 +67,9 @@ class Linf(Norm):
     def measure(self, x: Tensor) -> Tensor:
         return F.linf_norm(x)
 
+    def dual_measure(self, x: Tensor) -> Tensor:
+        return F.l1_norm(x)
+
     def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
         return F.linf_project(delta, eps)
 
@@ -83,6 +90,9 @@ class L2(Norm):
     p: ClassVar[float] = 2.0
 
     def measure(self, x: Tensor) -> Tensor:
+        return F.l2_norm(x)
+
+    def dual_measure(self, x: Tensor) -> Tensor:
         return F.l2_norm(x)
 
     def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
@@ -118,6 +128,9 @@ class L1(Norm):
 
     def measure(self, x: Tensor) -> Tensor:
         return F.l1_norm(x)
+
+    def dual_measure(self, x: Tensor) -> Tensor:
+        return F.linf_norm(x)
 
     def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
         return F.l1_project(delta, eps)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from torch import Tensor
 
@@ -54,19 +56,50 @@ class AttackResult:
         """Fraction of samples on which the attack succeeded (a host sync)."""
         return int(self.success.sum()) / max(self.success.numel(), 1)
 
-    def robust_accuracy(self) -> float:
-        """Fraction of samples still classified correctly on ``x_adv`` (untargeted attacks).
+    @overload
+    def robust_accuracy(self, eps: float | None = None) -> float: ...
+
+    @overload
+    def robust_accuracy(self, eps: Sequence[float]) -> list[float]: ...
+
+    def robust_accuracy(self, eps: float | Sequence[float] | None = None) -> float | list[float]:
+        """Fraction of samples the attack did not break (untargeted attacks).
+
+        Args:
+            eps: ``None``: the fraction of samples where the attack failed.
+                A float or a sequence of floats: the fraction of samples with no
+                successful perturbation of norm ``<= eps`` (``distance > eps``
+                or failure), for each eps: the robust-accuracy curve of a
+                minimal-norm attack from one run. For a fixed-budget attack
+                this is only meaningful for eps up to the attack's budget.
+
+        Returns:
+            A float, or a list with one float per eps.
 
         Raises:
             ConfigError: for a targeted attack, where robust accuracy is not
                 the complement of success; use ``success_rate`` there.
+
+        Example:
+            >>> import torch
+            >>> r = AttackResult(x_adv=torch.zeros(4, 1), success=torch.tensor([1, 1, 1, 0]).bool(),
+            ...     distance=torch.tensor([0.1, 0.5, 2.0, float("inf")]), logits=torch.zeros(4, 2),
+            ...     labels=torch.zeros(4).long(), targets=None, norm="l2",
+            ...     forward_passes=1, backward_passes=0)
+            >>> r.robust_accuracy([0.0, 0.1, 1.0, 3.0])
+            [1.0, 0.75, 0.5, 0.25]
         """
         if self.targets is not None:
             raise ConfigError(
                 "robust_accuracy() is defined for untargeted attacks; for a targeted attack "
                 "use result.success_rate (fraction of samples that reached their target)."
             )
-        return int((~self.success).sum()) / max(self.success.numel(), 1)
+        n = max(self.success.numel(), 1)
+        if eps is None:
+            return int((~self.success).sum()) / n
+        if isinstance(eps, (int, float)):
+            return int((~(self.success & (self.distance <= eps))).sum()) / n
+        return [self.robust_accuracy(float(e)) for e in eps]
 
     def __repr__(self) -> str:
         kind = "targeted" if self.targeted else "untargeted"

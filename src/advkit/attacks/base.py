@@ -8,21 +8,22 @@ scores the returned tensor. Subclasses only implement ``run``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from advkit import checks
-from advkit.functional import Bounds, Scalar
+from advkit.functional import Bounds, Scalar, clip
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import Norm, NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy
 from advkit.result import AttackResult
 from advkit.targets import TargetMap
 
-__all__ = ["Attack", "Context", "TargetSpec"]
+__all__ = ["Attack", "Context", "MinNormAttack", "TargetSpec"]
 
 TargetSpec = Tensor | TargetMap | None
 """``None`` (untargeted), a ``(B,)`` tensor of classes, or a target map."""
@@ -36,7 +37,8 @@ class Context:
         x0: clean inputs (a private copy; never modified).
         labels: ``(B,)`` true labels.
         targets: ``(B,)`` target classes, or ``None`` when untargeted.
-        eps: the budget, a float or a ``(B,)`` tensor on the inputs' device.
+        eps: the budget, a float or a ``(B,)`` tensor on the inputs' device;
+            ``None`` for a minimal-norm attack called without one.
         norm: the threat model.
         bounds: the input box.
         objective: the attacker's objective (higher is better).
@@ -50,7 +52,7 @@ class Context:
         model: Classifier,
         x0: Tensor,
         labels: Tensor,
-        eps: Scalar,
+        eps: Scalar | None,
         norm: Norm,
         objective: Objective,
         generator: torch.Generator,
@@ -67,6 +69,12 @@ class Context:
         self.forward_passes = 0
         self.backward_passes = 0
         self.clean_logits = self.logits(x0)
+
+    def budget(self) -> Scalar:
+        """The budget of a fixed-eps attack (never ``None`` there)."""
+        if self.eps is None:
+            raise checks.ConfigError("this attack needs eps")
+        return self.eps
 
     def _forward(self, x: Tensor) -> Tensor:
         self.forward_passes += 1
@@ -107,6 +115,42 @@ class Context:
             grad = torch.zeros_like(x)
         return loss.detach(), grad, logits.detach()
 
+    def class_gradients(self, x: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits at ``x`` and the input gradients of ``K`` chosen logits per sample.
+
+        Args:
+            x: inputs ``(B, ...)``.
+            classes: ``(B, K)`` class indices; row ``i`` picks the logits of sample ``i``.
+
+        Returns:
+            ``logits`` ``(B, C)`` and ``grads`` ``(K, B, ...)`` with
+            ``grads[k, i] = d logits[i, classes[i, k]] / d x[i]``.
+
+        One forward pass and one vectorized backward pass over the ``K`` rows
+        (``is_grads_batched``), which costs about ``K`` backward passes and is
+        counted as such; models whose backward cannot be vectorized fall back to
+        ``K`` backward passes through the same graph.
+        """
+        k = classes.shape[1]
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._forward(xg)
+            picked = logits.gather(1, classes)
+            eye = torch.eye(k, dtype=picked.dtype, device=picked.device)
+            seeds = eye.unsqueeze(1).expand(k, picked.shape[0], k)
+            try:
+                (grads,) = torch.autograd.grad(
+                    picked, xg, grad_outputs=seeds, is_grads_batched=True, retain_graph=True
+                )
+            except RuntimeError:  # an operator without a batching rule
+                rows = [
+                    torch.autograd.grad(picked, xg, grad_outputs=seeds[j], retain_graph=True)[0]
+                    for j in range(k)
+                ]
+                grads = torch.stack(rows)
+        self.backward_passes += k
+        return logits.detach(), grads.detach()
+
     def is_success(self, logits: Tensor) -> Tensor:
         """``(B,)`` bool: misclassified (untargeted) or classified as the target (targeted)."""
         pred = logits.argmax(dim=1)
@@ -117,6 +161,10 @@ class Context:
 
 class Attack(ABC):
     """Base class of every attack: settings in the constructor, data in the call.
+
+    A fixed-budget attack searches the eps-ball for an adversarial input; a
+    minimal-norm attack (`MinNormAttack`) searches for the smallest
+    perturbation and needs no eps.
 
     Args:
         norm: the threat model: ``"linf"``, ``"l2"``, ``"l1"`` or a
@@ -147,6 +195,9 @@ class Attack(ABC):
                 f"got {type(objective).__name__}."
             )
         self.objective = objective
+
+    minimal: ClassVar[bool] = False
+    """Whether this is a minimal-norm attack (see `MinNormAttack`)."""
 
     def _settings(self) -> dict[str, Any]:
         return {"norm": str(self.norm), "eps": self.eps}
@@ -210,7 +261,10 @@ class Attack(ABC):
         clf = wrap(model) if not isinstance(model, Classifier) else model
         checks.check_inputs(x, clf.bounds)
         batch = x.shape[0]
-        budget = checks.check_eps(self.eps if eps is None else eps, batch)
+        requested = self.eps if eps is None else eps
+        budget: Scalar | None = None
+        if requested is not None or not self.minimal:
+            budget = checks.check_eps(requested, batch)
         if isinstance(budget, Tensor):
             budget = budget.detach().to(device=x.device).expand(batch).clone()
         checks.check_generator(generator, x.device)
@@ -249,13 +303,27 @@ class Attack(ABC):
                 ctx.targets = checks.check_targets(targets, labels, num_classes)
 
             x_adv, logits = self.run(ctx)
+            x_adv = x_adv.detach()
+            if x_adv.stride() != x0.stride():  # keep the caller's memory format
+                x_adv = torch.empty_like(x0).copy_(x_adv)
+            if self.minimal and budget is not None:
+                # A budgeted minimal-norm attack: the point found, brought into the ball.
+                x_adv = clip(x0 + self.norm.project(x_adv - x0, budget), clf.bounds)
+                logits = None
             if logits is None or keep_mode:
                 logits = ctx.logits(x_adv)
+            success = ctx.is_success(logits)
+            distance = self.norm.measure(x_adv - x0)
+            if self.minimal:
+                # Where nothing was found: the clean input, at distance inf.
+                x_adv = keep_best(~success, (x_adv,), (x0,))[0]
+                logits = keep_best(~success, (logits,), (ctx.clean_logits,))[0]
+                distance = torch.where(success, distance, torch.full_like(distance, math.inf))
 
         return AttackResult(
-            x_adv=x_adv.detach(),
-            success=ctx.is_success(logits),
-            distance=self.norm.measure(x_adv.detach() - x0),
+            x_adv=x_adv,
+            success=success,
+            distance=distance,
             logits=logits.detach(),
             labels=labels,
             targets=ctx.targets,
@@ -263,6 +331,22 @@ class Attack(ABC):
             forward_passes=ctx.forward_passes,
             backward_passes=ctx.backward_passes,
         )
+
+
+class MinNormAttack(Attack):
+    """An attack that looks for the smallest adversarial perturbation; no eps needed.
+
+    Its `AttackResult` holds, per sample, the best adversarial found and its
+    ``distance`` in the attack's norm; where none was found ``success`` is
+    False, ``x_adv`` is the clean input and ``distance`` is ``inf``. One run
+    gives the whole robust-accuracy curve: ``result.robust_accuracy([eps, ...])``.
+
+    Called with ``eps=`` (a float or per-sample tensor) it becomes a budgeted
+    attack: the perturbation found is projected onto the eps-ball, re-scored,
+    and counts as a success only if it is still adversarial there.
+    """
+
+    minimal = True
 
 
 def keep_best(

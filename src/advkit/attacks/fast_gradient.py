@@ -37,7 +37,6 @@ class FGSM(Attack):
 
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
         _, grad, _ = ctx.value_and_grad(ctx.x0)
-        x = pgd_step(
-            ctx.x0, ctx.x0, grad, norm=ctx.norm, eps=ctx.eps, step_size=ctx.eps, bounds=ctx.bounds
-        )
+        eps = ctx.budget()
+        x = pgd_step(ctx.x0, ctx.x0, grad, norm=ctx.norm, eps=eps, step_size=eps, bounds=ctx.bounds)
         return x, None

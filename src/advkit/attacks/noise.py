@@ -48,7 +48,7 @@ class _AdditiveNoise(Attack):
         best_x, best_logits = ctx.x0, ctx.clean_logits
         best_loss, best_ok = ctx.loss(best_logits), ctx.is_success(best_logits)
         for _ in range(self.restarts):
-            x = clip(ctx.x0 + self._on_sphere(ctx.x0, ctx.eps, ctx.generator), ctx.bounds)
+            x = clip(ctx.x0 + self._on_sphere(ctx.x0, ctx.budget(), ctx.generator), ctx.bounds)
             logits = ctx.logits(x)
             loss, ok = ctx.loss(logits), ctx.is_success(logits)
             better = improves(ok, loss, best_ok, best_loss)

@@ -87,7 +87,7 @@ class PGD(Attack):
         return eps * (self._default_step_factor / self.steps)
 
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x0, norm, eps, bounds = ctx.x0, ctx.norm, ctx.eps, ctx.bounds
+        x0, norm, eps, bounds = ctx.x0, ctx.norm, ctx.budget(), ctx.bounds
         alpha = self._step_size(eps)
         best_x, best_logits = x0, ctx.clean_logits
         best_loss, best_ok = ctx.loss(best_logits), ctx.is_success(best_logits)

@@ -1,0 +1,232 @@
+"""Minimal-norm attacks (DeepFool, CW): exact answers on affine models, the box, 1-Lipschitz
+bounds, budgeted mode and robust-accuracy curves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import advkit
+from advkit import checks
+
+from ._digits import digits_data, digits_model
+
+DUAL = {"l2": 2.0, "linf": 1.0}
+
+
+def affine_problem(seed: int = 0, d: int = 20, c: int = 5, n: int = 100):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64) * 0.1
+    model = nn.Linear(d, c).double()
+    with torch.no_grad():
+        model.weight.copy_(w)
+        model.bias.copy_(b)
+    x = 0.4 + 0.2 * torch.rand(n, d, generator=g, dtype=torch.float64)  # far from the box edges
+    z = x @ w.T + b
+    y = z.argmax(1)
+    return model, w, x, y, z
+
+
+def exact_min_distance(
+    w: torch.Tensor, z: torch.Tensor, y: torch.Tensor, dual: float
+) -> torch.Tensor:
+    """Distance to the nearest class hyperplane: min_k (z_y - z_k) / ||w_y - w_k||_dual."""
+    gaps = z.gather(1, y[:, None]) - z
+    norms = torch.linalg.vector_norm(w[y].unsqueeze(1) - w.unsqueeze(0), ord=dual, dim=2)
+    own = torch.arange(w.shape[0])[None] == y[:, None]
+    return torch.where(own, torch.inf, gaps / norms).min(1).values
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_is_exact_on_affine_models(norm: str) -> None:
+    model, w, x, y, z = affine_problem()
+    exact = exact_min_distance(w, z, y, DUAL[norm])
+    res = advkit.DeepFool(norm=norm, overshoot=0.02, candidates=5)(model, x, y)
+    assert bool(res.success.all())
+    ratio = res.distance / exact
+    assert float(ratio.min()) >= 1.0 - 1e-9  # no adversarial can be closer than the hyperplane
+    assert float(ratio.max()) <= 1.02 * (1 + 1e-3)  # reached within the overshoot factor
+    # One linearization step reaches the boundary: clean forward + 2 iterations.
+    assert res.forward_passes <= 3
+
+
+def test_deepfool_uses_only_the_candidate_classes() -> None:
+    """With fewer candidates than classes the nearest boundary may be missed, never crossed wrongly."""
+    model, w, x, y, z = affine_problem(c=8)
+    exact = exact_min_distance(w, z, y, 2.0)
+    res = advkit.DeepFool(candidates=3)(model, x, y)
+    assert bool(res.success.all())
+    assert float((res.distance / exact).min()) >= 1.0 - 1e-9
+    assert res.backward_passes % 3 == 0
+
+
+def test_cw_lands_within_a_few_percent_of_the_exact_minimum() -> None:
+    model, w, x, y, z = affine_problem(n=60)
+    exact = exact_min_distance(w, z, y, 2.0)
+    res = advkit.CW(steps=200, search_steps=9)(model, x, y)
+    assert bool(res.success.all())
+    ratio = res.distance / exact
+    assert float(ratio.min()) >= 1.0 - 1e-6
+    assert float(ratio.median()) <= 1.01
+    assert float(ratio.max()) <= 1.03
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_does_not_stall_when_the_box_binds(norm: str) -> None:
+    """Digits have half their pixels at 0 or 1: clipping binds on most samples."""
+    model = digits_model()
+    _, _, x, y = digits_data()
+    assert float(((x == 0) | (x == 1)).double().mean()) > 0.4
+    res = advkit.DeepFool(norm=norm)(model, x, y)
+    assert bool(res.success.all()), f"{int((~res.success).sum())} samples not fooled"
+    assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+    assert res.forward_passes <= 12  # converges in a few iterations
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_cw_and_deepfool_on_digits(targeted: bool) -> None:
+    model = digits_model()
+    _, _, x, y = digits_data()
+    x, y = x[:64], y[:64]
+    t = advkit.targets.shift(3) if targeted else None
+    cw = advkit.CW(steps=200, search_steps=6, initial_const=0.1, lr=0.05)(model, x, y, targets=t)
+    df = advkit.DeepFool()(model, x, y, targets=t)
+    assert float(cw.success.double().mean()) >= 0.95
+    assert float(df.success.double().mean()) >= 0.95
+    both = cw.success & df.success
+    # CW optimises the distance; DeepFool only linearizes: CW is not worse on the median.
+    assert float(cw.distance[both].median()) <= float(df.distance[both].median()) * 1.05
+
+
+def orthonormal_model(d: int = 48, c: int = 6, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, c, generator=g, dtype=torch.float64))
+    lin = nn.Linear(d, c, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(q.T)  # orthonormal rows: every logit difference is sqrt(2)-Lipschitz
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def test_no_attack_beats_the_lipschitz_certificate() -> None:
+    """For z = W x with orthonormal rows, ||grad (z_y - z_k)||_2 = sqrt(2): no L2 perturbation
+    smaller than (z_y - max_k z_k) / sqrt(2) can change the decision. Inputs are images
+    (B, 3, 4, 4), so a norm taken over the wrong dimensions would show."""
+    model = advkit.wrap(orthonormal_model(), bounds=(-5.0, 5.0))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(80, 3, 4, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    top2 = z.topk(2, dim=1).values
+    bound = (top2[:, 0] - top2[:, 1]) / math.sqrt(2)
+    attacks = {
+        "deepfool": advkit.DeepFool()(model, x, y),
+        "cw": advkit.CW(steps=100, search_steps=6)(model, x, y),
+        "pgd": advkit.PGD(norm="l2", eps=float(bound.median()), steps=20)(model, x, y),
+        "fgm": advkit.FGSM(norm="l2", eps=float(bound.median()))(model, x, y),
+    }
+    for name, res in attacks.items():
+        dist = torch.linalg.vector_norm((res.x_adv - x).flatten(1), dim=1)
+        broken = res.success
+        assert bool((dist[broken] >= bound[broken] * (1 - 1e-9)).all()), name
+        assert bool((res.distance[broken] >= bound[broken] * (1 - 1e-9)).all()), name
+    # The certificate is tight for a linear model: DeepFool meets it up to its overshoot.
+    df = attacks["deepfool"]
+    assert bool(df.success.all())
+    # (+1e-4 in logit units: the paper's push past the boundary)
+    assert bool((df.distance <= 1.02 * (bound + 1e-4 / math.sqrt(2)) * (1 + 1e-6)).all())
+    assert 0.2 < attacks["pgd"].success_rate < 0.8  # the budgeted attacks are informative
+
+
+def test_robust_accuracy_curve_from_distances() -> None:
+    model, w, x, y, z = affine_problem()
+    res = advkit.DeepFool()(model, x, y)
+    grid = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0]
+    curve = res.robust_accuracy(grid)
+    expected = [float((res.distance > e).double().mean()) for e in grid]
+    assert curve == pytest.approx(expected, abs=1e-12)
+    assert curve == sorted(curve, reverse=True)
+    assert res.robust_accuracy(0.1) == pytest.approx(expected[2], abs=1e-12)
+    assert res.robust_accuracy() == 0.0  # every sample was broken at some distance
+
+
+def test_failures_report_inf_and_the_clean_input() -> None:
+    model, w, x, y, z = affine_problem()
+    res = advkit.DeepFool(steps=1, overshoot=0.0)(model, x, y)  # one step: lands just short or on
+    assert torch.equal(torch.isinf(res.distance), ~res.success)
+    assert torch.equal(res.x_adv[~res.success], x[~res.success])
+    with torch.no_grad():
+        assert torch.equal(res.logits[~res.success], model(x[~res.success]))
+
+
+def test_budgeted_mode() -> None:
+    model = digits_model()
+    _, _, x, y = digits_data()
+    x, y = x[:100], y[:100]
+    free = advkit.DeepFool()(model, x, y)
+    eps = float(free.distance[free.success].median())
+    budgeted = advkit.DeepFool(eps=eps)(model, x, y)
+    dist = torch.linalg.vector_norm((budgeted.x_adv - x).flatten(1), dim=1)
+    assert bool((dist <= eps * (1 + 1e-5)).all())
+    within = free.distance <= eps
+    assert bool(budgeted.success[within].all())  # found within eps: kept
+    assert bool((budgeted.distance[budgeted.success] <= eps * (1 + 1e-5)).all())
+    assert bool(torch.isinf(budgeted.distance[~budgeted.success]).all())
+    # per-sample budgets
+    per = torch.where(torch.arange(100) % 2 == 0, 0.0, eps)
+    res = advkit.DeepFool()(model, x, y, eps=per)
+    dist = torch.linalg.vector_norm((res.x_adv - x).flatten(1), dim=1)
+    assert bool((dist <= per * (1 + 1e-5)).all())
+
+
+def test_cw_margin_works_on_log_probabilities_and_negative_logits() -> None:
+    """A margin taken as max over (1 - onehot) * logits is 0 for all-negative outputs, and the
+    attack then does nothing; advkit's margin is shift-invariant."""
+    model, w, x, y, z = affine_problem(n=30)
+    log_probs = nn.Sequential(model, nn.LogSoftmax(dim=1))
+    shifted = nn.Sequential(model, nn.Sequential())  # identity
+    with torch.no_grad():
+        assert bool((log_probs(x) < 0).all())
+    a = advkit.CW(steps=100, search_steps=6)(log_probs, x, y)
+    b = advkit.CW(steps=100, search_steps=6)(shifted, x, y)
+    assert bool(a.success.all())
+    torch.testing.assert_close(a.distance, b.distance, rtol=0.02, atol=1e-4)
+
+
+def test_min_norm_configuration_errors() -> None:
+    with pytest.raises(checks.ConfigError, match="L2 attack"):
+        advkit.CW(norm="linf")
+    with pytest.raises(checks.ConfigError, match="overshoot"):
+        advkit.DeepFool(overshoot=-0.1)
+    with pytest.raises(checks.ConfigError, match="candidates"):
+        advkit.DeepFool(candidates=1)
+    with pytest.raises(checks.ConfigError, match="kappa"):
+        advkit.CW(kappa=-1.0)
+    with pytest.raises(checks.ConfigError, match="search_steps"):
+        advkit.CW(search_steps=0)
+
+
+def test_plot_robust_accuracy_curve() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from advkit.plot import robust_accuracy_curve
+
+    model, w, x, y, z = affine_problem()
+    df = advkit.DeepFool()(model, x, y)
+    cw = advkit.CW(steps=50, search_steps=4)(model, x, y)
+    grid = [0.0, 0.1, 0.2, 0.4]
+    ax = robust_accuracy_curve({"DeepFool": df, "CW": cw}, eps=grid, title="affine")
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == ["DeepFool", "CW"]
+    assert list(lines[0].get_ydata()) == pytest.approx(df.robust_accuracy(grid))
+    assert ax.get_title() == "affine"
+    ax = robust_accuracy_curve(df)  # default grid: every distance
+    assert len(ax.get_lines()[0].get_xdata()) == 101
+    fgsm = advkit.FGSM(norm="linf", eps=0.1)(model, x, y)
+    with pytest.raises(checks.ConfigError, match="different norms"):
+        robust_accuracy_curve({"a": df, "b": fgsm})
