@@ -90,7 +90,7 @@ class DeepFool(MinNormAttack):
         }
 
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x0, (lo, hi), norm = ctx.x0, ctx.bounds, ctx.norm
+        x0, (lo, hi) = ctx.x0, ctx.bounds
         clean = ctx.clean_logits
         b, c = clean.shape
         k = min(self.candidates, c)
