@@ -45,13 +45,20 @@ def exact_min_distance(
 def test_deepfool_is_exact_on_affine_models(norm: str) -> None:
     model, w, x, y, z = affine_problem()
     exact = exact_min_distance(w, z, y, DUAL[norm])
-    res = advkit.DeepFool(norm=norm, overshoot=0.02, candidates=5)(model, x, y)
+    res = advkit.DeepFool(norm=norm, overshoot=0.02, candidates=5, refine_steps=0)(model, x, y)
     assert bool(res.success.all())
     ratio = res.distance / exact
     assert float(ratio.min()) >= 1.0 - 1e-9  # no adversarial can be closer than the hyperplane
     assert float(ratio.max()) <= 1.02 * (1 + 1e-3)  # reached within the overshoot factor
     # One linearization step reaches the boundary: clean forward + 2 iterations.
     assert res.forward_passes <= 3
+    # The refinement bisects the overshoot away: 8 more forwards, within 1/256 of the ray.
+    refined = advkit.DeepFool(norm=norm, overshoot=0.02, candidates=5, refine_steps=8)(model, x, y)
+    ratio = refined.distance / exact
+    assert bool(refined.success.all())
+    assert float(ratio.min()) >= 1.0 - 1e-9
+    assert float(ratio.max()) <= 1.0 + 1.03 / 256 + 1e-3
+    assert refined.forward_passes == res.forward_passes + 8
 
 
 def test_deepfool_uses_only_the_candidate_classes() -> None:
@@ -135,7 +142,7 @@ def test_no_attack_beats_the_lipschitz_certificate() -> None:
         assert bool((dist[broken] >= bound[broken] * (1 - 1e-9)).all()), name
         assert bool((res.distance[broken] >= bound[broken] * (1 - 1e-9)).all()), name
     # The certificate is tight for a linear model: DeepFool meets it up to its overshoot.
-    df = attacks["deepfool"]
+    df = advkit.DeepFool(refine_steps=0)(model, x, y)
     assert bool(df.success.all())
     # (+1e-4 in logit units: the paper's push past the boundary)
     assert bool((df.distance <= 1.02 * (bound + 1e-4 / math.sqrt(2)) * (1 + 1e-6)).all())
@@ -156,7 +163,8 @@ def test_robust_accuracy_curve_from_distances() -> None:
 
 def test_failures_report_inf_and_the_clean_input() -> None:
     model, _, x, y, _ = affine_problem()
-    res = advkit.DeepFool(steps=1, overshoot=0.0)(model, x, y)  # one step: lands just short or on
+    # one step without overshoot: lands just short or on the boundary
+    res = advkit.DeepFool(steps=1, overshoot=0.0, refine_steps=0)(model, x, y)
     assert torch.equal(torch.isinf(res.distance), ~res.success)
     assert torch.equal(res.x_adv[~res.success], x[~res.success])
     with torch.no_grad():

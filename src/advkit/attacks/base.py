@@ -151,12 +151,17 @@ class Context:
         self.backward_passes += k
         return logits.detach(), grads.detach()
 
-    def is_success(self, logits: Tensor) -> Tensor:
-        """``(B,)`` bool: misclassified (untargeted) or classified as the target (targeted)."""
+    def is_success(self, logits: Tensor, index: Tensor | None = None) -> Tensor:
+        """``(B,)`` bool: misclassified (untargeted) or classified as the target (targeted).
+
+        ``index`` selects the samples ``logits`` belong to, for attacks that work
+        on a subset of the batch.
+        """
         pred = logits.argmax(dim=1)
-        if self.targets is None:
-            return pred != self.labels
-        return pred == self.targets
+        ref = self.labels if self.targets is None else self.targets
+        if index is not None:
+            ref = ref.index_select(0, index)
+        return pred != ref if self.targets is None else pred == ref
 
 
 class Attack(ABC):

@@ -47,10 +47,12 @@ class CW(MinNormAttack):
         eps: optional budget, which turns the attack into a fixed-eps one.
 
     Example:
+        >>> _ = torch.manual_seed(0)
         >>> net = torch.nn.Linear(4, 3)
-        >>> res = CW(steps=50, search_steps=3)(net, torch.full((2, 4), 0.5), torch.tensor([0, 1]))
-        >>> bool(res.success.all())
-        True
+        >>> x = torch.rand(2, 4)
+        >>> res = CW(steps=100, search_steps=5, initial_const=1.0)(net, x, net(x).argmax(1))
+        >>> bool(res.success.all()), bool((res.distance > 0).all())
+        (True, True)
     """
 
     def __init__(
