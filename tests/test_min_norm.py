@@ -238,3 +238,24 @@ def test_plot_robust_accuracy_curve() -> None:
     fgsm = advkit.FGSM(norm="linf", eps=0.1)(model, x, y)
     with pytest.raises(checks.ConfigError, match="different norms"):
         robust_accuracy_curve({"a": df, "b": fgsm})
+
+
+def test_deepfool_crosses_when_clipping_eats_almost_every_step() -> None:
+    """The stall case: the gradient points out of the box on ten coordinates that sit on the
+    bound and only weakly along a free one. Clipped steps then keep 1e-5 of their progress and
+    crawl towards the boundary forever; DeepFool's box-aware steps cross it at once."""
+    lin = nn.Linear(11, 2).double()
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[1, :10] = -1.0
+        lin.weight[1, 10] = 0.01
+        lin.bias.copy_(torch.tensor([0.0, -0.008], dtype=torch.float64))
+    x = torch.zeros(1, 11, dtype=torch.float64)
+    x[0, 10] = 0.5  # z1 - z0 = 0.005 - 0.008 < 0: class 0
+    y = torch.tensor([0])
+    res = advkit.DeepFool(steps=50)(lin, x, y)
+    assert bool(res.success.all())
+    # Only the free coordinate can move: 0.3 to reach the boundary (+1e-4 / 0.01 push), overshoot.
+    assert float(res.distance[0]) == pytest.approx((0.3 + 0.01) * 1.02, rel=1e-3)
+    assert res.forward_passes <= 1 + 5
+    assert torch.equal(res.x_adv[0, :10], x[0, :10])
