@@ -259,3 +259,17 @@ def test_deepfool_crosses_when_clipping_eats_almost_every_step() -> None:
     assert float(res.distance[0]) == pytest.approx((0.3 + 0.01) * 1.02, rel=1e-3)
     assert res.forward_passes <= 1 + 5
     assert torch.equal(res.x_adv[0, :10], x[0, :10])
+
+
+def test_cw_confidence_and_abort_early() -> None:
+    model, _, x, y, _ = affine_problem(n=20)
+    res = advkit.CW(steps=100, search_steps=6, kappa=2.0)(model, x, y)
+    assert bool(res.success.all())
+    margins = advkit.objectives.margin(res.logits, y, None)
+    assert bool((margins >= 2.0 - 1e-9).all())  # kappa is met by every returned point
+    plain = advkit.CW(steps=100, search_steps=6)(model, x, y)
+    assert bool((res.distance > plain.distance).all())  # confidence costs distance
+    full = advkit.CW(steps=100, search_steps=2, abort_early=False)(model, x, y)
+    assert full.forward_passes == 1 + 2 * 100
+    early = advkit.CW(steps=100, search_steps=2, initial_const=1e3)(model, x, y)
+    assert early.forward_passes < 1 + 2 * 100  # the loss stalls once the margin is met
