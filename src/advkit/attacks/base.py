@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit import checks
-from advkit.functional import Bounds, Scalar, clip
+from advkit.functional import Bounds, KeyedGenerator, RandomSource, Scalar, clip
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import Norm, NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy
@@ -42,7 +42,9 @@ class Context:
         norm: the threat model.
         bounds: the input box.
         objective: the attacker's objective (higher is better).
-        generator: the source of all randomness of this call.
+        generator: the source of all randomness of this call: a
+            ``torch.Generator``, or a `advkit.functional.KeyedGenerator` when
+            the call was given ``sample_ids``.
         clean_logits: ``(B, C)`` logits on ``x0``.
     """
 
@@ -55,7 +57,7 @@ class Context:
         eps: Scalar | None,
         norm: Norm,
         objective: Objective,
-        generator: torch.Generator,
+        generator: RandomSource,
     ) -> None:
         self.model = model
         self.x0 = x0
@@ -230,6 +232,7 @@ class Attack(ABC):
         targets: TargetSpec = None,
         eps: float | Tensor | None = None,
         generator: torch.Generator | None = None,
+        sample_ids: Tensor | None = None,
         keep_mode: bool = False,
     ) -> AttackResult:
         """Attack ``model`` on inputs ``x`` with labels ``y``.
@@ -245,6 +248,13 @@ class Attack(ABC):
                 tensor of per-sample budgets (e.g. an eps sweep over copies of a batch).
             generator: source of randomness; the same seeded generator gives
                 the same result. The global RNG is never used.
+            sample_ids: optional ``(B,)`` integer ids of the samples (e.g. their
+                indices in the dataset). With them every random draw of sample
+                ``i`` (random start, random target) depends only on the
+                generator's seed (``generator.initial_seed()``) and
+                ``sample_ids[i]``, not on the batch it is in: results are the
+                same sample by sample whatever the batch size, the order or the
+                number of processes (see `advkit.functional.KeyedGenerator`).
             keep_mode: keep the model's train/eval mode instead of switching
                 to eval mode (e.g. adversarial training with train-mode BatchNorm).
                 Buffers are restored either way.
@@ -276,6 +286,11 @@ class Attack(ABC):
         if generator is None:
             generator = torch.Generator(device=x.device)
             generator.seed()
+        source: RandomSource = generator
+        if sample_ids is not None:
+            source = KeyedGenerator(
+                generator.initial_seed(), checks.check_sample_ids(sample_ids, batch, x.device)
+            )
         if not isinstance(y, Tensor):
             raise checks.LabelError(f"labels must be a torch.Tensor, got {type(y).__name__}.")
         if isinstance(targets, Tensor):
@@ -291,7 +306,7 @@ class Attack(ABC):
                 eps=budget,
                 norm=self.norm,
                 objective=self.objective,
-                generator=generator,
+                generator=source,
             )
             clean = checks.check_logits(ctx.clean_logits, batch)
             checks.warn_if_probabilities(clean)
@@ -304,7 +319,7 @@ class Attack(ABC):
                             "targets must be None, a tensor of classes or a target map such "
                             f"as advkit.targets.shift(1), got {type(targets).__name__}."
                         )
-                    targets = targets(clean, labels, generator)
+                    targets = targets(clean, labels, source)
                 ctx.targets = checks.check_targets(targets, labels, num_classes)
 
             x_adv, logits = self.run(ctx)
