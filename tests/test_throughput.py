@@ -338,3 +338,21 @@ def test_early_stop_skips_restarts_once_everything_succeeds() -> None:
     )
     assert bool(res.success.all())
     assert len(probe.sizes) < 8
+
+
+def test_attacks_starting_at_the_clean_input_reuse_the_clean_pass() -> None:
+    """FGSM and BIM take their first gradient from the clean forward pass: no second forward."""
+    model = conv_mlp()
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    fgsm = advkit.FGSM(eps=0.05)(model, x, y)
+    assert (fgsm.forward_passes, fgsm.backward_passes) == (2, 1)  # clean+gradient, verdict
+    bim = advkit.BIM(eps=0.05, steps=5)(model, x, y)
+    assert (bim.forward_passes, bim.backward_passes) == (6, 5)
+    # The reused pass gives the very same gradient as a fresh one.
+    xg = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, xg)
+    assert torch.equal(fgsm.x_adv, (x + 0.05 * g.sign()).clamp(0, 1))
+    # In reduced precision the clean pass is a full-precision verdict of its own.
+    half = advkit.FGSM(eps=0.05, precision="bf16")(model, x, y)
+    assert (half.forward_passes, half.backward_passes) == (3, 1)

@@ -94,6 +94,7 @@ class Context:
         generator: RandomSource,
         autocast: torch.dtype | None = None,
         compile: CompileSpec = False,
+        grad_at_clean: bool = False,
     ) -> None:
         self.model = model
         self.x0 = x0
@@ -113,7 +114,17 @@ class Context:
         )
         self.forward_passes = 0
         self.backward_passes = 0
-        self.clean_logits = self.logits(x0)
+        # An attack whose first gradient is taken at the clean input gets it from the clean
+        # forward pass itself (kept with its graph), not from a second forward. Only in full
+        # precision: the clean logits are a verdict.
+        self._clean_graph: tuple[Tensor, Tensor] | None = None
+        if grad_at_clean and autocast is None:
+            xg = x0.detach().requires_grad_(True)
+            logits = self.grad_forward(xg)
+            self._clean_graph = (xg, logits)
+            self.clean_logits = logits.detach()
+        else:
+            self.clean_logits = self.logits(x0)
 
     def budget(self) -> Scalar:
         """The budget of a fixed-eps attack (never ``None`` there)."""
@@ -180,9 +191,13 @@ class Context:
         gradient is computed. ``index`` selects the samples ``x`` belongs to,
         for attacks that work on a subset of the batch.
         """
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        clean, self._clean_graph = self._clean_graph, None
+        if clean is not None and x is self.x0 and index is None:
+            xg, logits = clean  # the clean forward pass, graph included
+        else:
+            xg = x.detach().requires_grad_(True)
             logits = self.grad_forward(xg)
+        with torch.enable_grad():
             loss = self.loss(logits, index)
             grads: tuple[Tensor | None, ...] = torch.autograd.grad(
                 loss.sum(), xg, allow_unused=True
@@ -308,6 +323,11 @@ class Attack(ABC):
     minimal: ClassVar[bool] = False
     """Whether this is a minimal-norm attack (see `MinNormAttack`)."""
 
+    def _grad_at_clean(self) -> bool:
+        """Whether ``run`` takes its first gradient at the clean input (``ctx.x0`` itself),
+        so that the clean forward pass can serve it."""
+        return False
+
     def _settings(self) -> dict[str, Any]:
         return {"norm": str(self.norm), "eps": self.eps}
 
@@ -421,6 +441,7 @@ class Attack(ABC):
                 generator=source,
                 autocast=_AUTOCAST[self.precision],
                 compile=self.compile,
+                grad_at_clean=self._grad_at_clean(),
             )
             clean = checks.check_logits(ctx.clean_logits, batch)
             checks.warn_if_probabilities(clean)

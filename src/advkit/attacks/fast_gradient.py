@@ -35,6 +35,9 @@ class FGSM(Attack):
         tensor([0.1000, 0.1000, 0.1000])
     """
 
+    def _grad_at_clean(self) -> bool:
+        return True
+
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
         _, grad, _ = ctx.value_and_grad(ctx.x0)
         eps = ctx.budget()

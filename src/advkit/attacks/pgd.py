@@ -114,6 +114,9 @@ class PGD(Attack):
             return self.step_size
         return eps * (self._default_step_factor / self.steps)
 
+    def _grad_at_clean(self) -> bool:
+        return not self.random_init
+
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
         x0, norm, eps, bounds = ctx.x0, ctx.norm, ctx.budget(), ctx.bounds
         alpha = self._step_size(eps)
