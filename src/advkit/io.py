@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -266,6 +266,12 @@ def _nearest_code(x: Tensor, bounds: tuple[float, float]) -> Tensor:
     return q.clamp_(0, LEVELS - 1).to(torch.int64)
 
 
+def _floor_code(x: Tensor, bounds: tuple[float, float]) -> Tensor:
+    lo, hi = bounds
+    q = torch.floor((x.double() - lo) * ((LEVELS - 1) / (hi - lo)))
+    return q.clamp_(0, LEVELS - 2).to(torch.int64)
+
+
 def _quantize(
     x_adv: Tensor,
     x0: Tensor,
@@ -283,9 +289,14 @@ def _quantize(
       back toward the clean value: the nearest level inside the interval
       (rounding moved it by less than one level).
     * L2 / L1: coordinates are switched, largest reduction of
-      ``|v_i - x0_i|^p`` first, from the nearest level to the neighbouring
-      level on the clean value's side, until the norm fits; if that is not
-      enough, to the level nearest to the clean value itself.
+      ``|v_i - x0_i|^p`` first, from the level nearest to ``x_adv`` to the
+      other level next to ``x_adv``, the one on the clean value's side (still
+      within one level of ``x_adv``), until the norm fits. If that is not
+      enough (the clean input is off the grid, or ``x_adv`` itself exceeded
+      eps by a rounding error), further rounds move coordinates one more level
+      toward the level nearest to the clean value, again the fewest first.
+      The last possible state is that nearest level on every coordinate, the
+      grid point closest to ``x0`` in any Lp norm.
 
     Feasibility is checked with the library's own measure
     (`advkit.norms`), compared with ``eps`` in float64.
@@ -305,33 +316,40 @@ def _quantize(
             q = torch.where(d > eps, q - 1, torch.where(d < -eps, q + 1, q)).clamp_(0, LEVELS - 1)
     elif isinstance(norm, (L2, L1)):
         p = 2.0 if isinstance(norm, L2) else 1.0
-        dist = norm.measure(levels[q] - x0).double()
-        if bool((dist > eps).any()):
-            toward = torch.where(levels[q] > x0, q - 1, torch.where(levels[q] < x0, q + 1, q))
-            toward = toward.clamp_(0, LEVELS - 1)
-            closer = (levels[toward] - x0).abs() < (levels[q] - x0).abs()
-            q = _greedy_switch(q, torch.where(closer, toward, q), x0, eps, p, norm, levels)
-            dist = norm.measure(levels[q] - x0).double()
-            if bool((dist > eps).any()):
-                c = _nearest_code(x0, bounds)
-                closer = (levels[c] - x0).abs() < (levels[q] - x0).abs()
-                q = _greedy_switch(q, torch.where(closer, c, q), x0, eps, p, norm, levels)
+        if bool((norm.measure(levels[q] - x0).double() > eps).any()):
+            c = _nearest_code(x0, bounds)
+            floor = norm.measure(levels[c] - x0).double()  # the closest grid point's distance
+            if bool((floor > eps).any()):
+                _raise_no_grid_point(int((floor > eps).sum()), norm, eps)
+            # first the other level next to x_adv, on the clean value's side ...
+            low = _floor_code(x_adv, bounds)
+            alt = torch.where(x0 < x_adv, low, torch.where(x0 > x_adv, low + 1, q))
+            for _ in range(LEVELS):
+                closer = (levels[alt] - x0).abs() < (levels[q] - x0).abs()
+                q = _greedy_switch(q, torch.where(closer, alt, q), x0, eps, p, norm, levels)
+                if not bool((norm.measure(levels[q] - x0).double() > eps).any()):
+                    break
+                # ... then whole levels further toward it, where the float excess needs it
+                alt = torch.where(c < q, q - 1, torch.where(c > q, q + 1, q))
     else:
         raise ConfigError(
             f"storage='uint8' supports the linf, l2 and l1 threat models, not {norm!r}; "
             "use storage='exact'."
         )
-    dist = norm.measure(levels[q] - x0).double()
-    bad = dist > eps
+    bad = norm.measure(levels[q] - x0).double() > eps
     if bool(bad.any()):
-        raise ConfigError(
-            f"storage='uint8' cannot store {int(bad.sum())} sample(s) of this batch inside the "
-            f"{norm.name} ball of radius {eps:g}: no point of the 256-level grid of the box lies "
-            "that close to their clean inputs (the clean inputs are not on the grid and eps is "
-            "smaller than their own rounding error). Use storage='exact', a larger eps, or "
-            "clean inputs quantized to the grid."
-        )
+        _raise_no_grid_point(int(bad.sum()), norm, eps)
     return q
+
+
+def _raise_no_grid_point(count: int, norm: Norm, eps: float) -> NoReturn:
+    raise ConfigError(
+        f"storage='uint8' cannot store {count} sample(s) of this batch inside the "
+        f"{norm.name} ball of radius {eps:g}: no point of the 256-level grid of the box lies "
+        "that close to their clean inputs (the clean inputs are not on the grid and eps is "
+        "smaller than their own rounding error). Use storage='exact', a larger eps, or "
+        "clean inputs quantized to the grid."
+    )
 
 
 def _greedy_switch(
