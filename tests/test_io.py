@@ -94,6 +94,10 @@ def test_exact_round_trip_equals_attack_output(tmp_path: Path, targets: Any) -> 
         assert bool(rec["success"]) == bool(ref["success"][i])
     with pytest.raises(IndexError):
         ds[N]
+    assert torch.equal(ds.column("success"), ref["success"])
+    assert torch.equal(ds.column("index"), torch.arange(N))
+    with pytest.raises(advkit.ConfigError, match="column"):
+        ds.column("x_adv")
     if targets is None:
         assert not ds.targeted
         with pytest.raises(advkit.ConfigError, match="targeted export"):

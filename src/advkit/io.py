@@ -1289,6 +1289,19 @@ class AdversarialDataset(Dataset[tuple[Tensor, Tensor]]):
         x = self._decode(shard.handle.get_slice("x_adv")[row : row + 1])[0]
         return x, shard.small[self.relabel][row]
 
+    def column(self, name: str) -> Tensor:
+        """One per-sample field for the whole dataset, ``(N,)``, in dataset order.
+
+        ``name`` is ``"index"``, ``"label"``, ``"target"``, ``"success"`` or
+        ``"distance"``; e.g. ``Subset(ds, ds.column("success").nonzero().flatten().tolist())``
+        keeps the samples whose stored example is adversarial. Opens every shard.
+        """
+        if name not in _FIELDS or name == "x_adv":
+            raise ConfigError(
+                f"column() reads one of {_FIELDS[1:]}, got {name!r}; use ds[i] or load() for x_adv."
+            )
+        return torch.cat([self._shard(s).small[name] for s in range(len(self.manifest["shards"]))])
+
     def record(self, i: int) -> dict[str, Tensor]:
         """Every stored field of sample ``i``: ``x_adv`` (decoded), ``index``, ``label``,
         ``target`` (-1 if untargeted), ``success``, ``distance``."""
