@@ -1,6 +1,6 @@
 """Non-robust features (Ilyas et al., NeurIPS 2019) on scikit-learn's digits, end to end.
 
-Run from the repository root (no download needed; about 25 s on one CPU core):
+Run from the repository root (no download needed; about 15 s on one CPU core):
 
     python examples/nonrobust_features.py           # full run
     python examples/nonrobust_features.py --quick   # smoke test, a few seconds

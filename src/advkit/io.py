@@ -1,17 +1,19 @@
 """Adversarial datasets on disk: attack a whole dataset, save the result, load it back.
 
 `export` attacks every sample of a map-style dataset and writes the
-adversarial examples as `safetensors <https://github.com/huggingface/safetensors>`_
+adversarial examples as [safetensors](https://github.com/huggingface/safetensors)
 shards plus a JSON manifest; `AdversarialDataset` reads them back as a
 ``torch.utils.data.Dataset`` and `load` as whole tensors. Nothing is ever
 unpickled: shards are safetensors files and the manifest is JSON.
 
-A directory written by `export` holds::
+A directory written by `export` holds:
 
-    manifest.json             format version, configuration, one entry per shard
-    shard-00000.safetensors   samples [0, shard_size)
-    shard-00001.safetensors   samples [shard_size, 2 * shard_size)
-    ...
+```text
+manifest.json             format version, configuration, one entry per shard
+shard-00000.safetensors   samples [0, shard_size)
+shard-00001.safetensors   samples [shard_size, 2 * shard_size)
+...
+```
 
 Shard ``s`` always holds the dataset indices ``[s * shard_size, (s + 1) * shard_size)``
 (the last one fewer), whatever the batch size or the number of processes, and
@@ -412,7 +414,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
         if 8 + n + end != size:
             raise ValueError(f"{size} bytes on disk, the header describes {8 + n + end}")
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as err:
         raise CorruptDatasetError(
             f"shard file {path} is unreadable or truncated ({err}); delete it and run "
             "advkit.io.export again with the same arguments to recompute it."
@@ -549,6 +551,7 @@ def read_manifest(
             for e in shards:
                 if not (isinstance(e["sha256"], str) and len(e["sha256"]) == 64):
                     raise ValueError("a shard has no sha256")
+            int(manifest["summary"]["success_count"])
     except (KeyError, TypeError, ValueError) as err:
         raise CorruptDatasetError(f"{file} is malformed: {err}.") from None
     if not complete and not allow_incomplete:
