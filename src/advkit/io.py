@@ -187,7 +187,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _remove_stale_temporaries(directory: Path) -> None:
-    for p in directory.glob(".*.tmp"):
+    stale = [*directory.glob(".shard-*.safetensors.*.tmp"), *directory.glob(f".{MANIFEST}.*.tmp")]
+    for p in stale:
         with contextlib.suppress(OSError):
             p.unlink()
 
