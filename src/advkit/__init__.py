@@ -1,6 +1,6 @@
 """advkit: correct, fast, composable adversarial attacks for PyTorch."""
 
-from advkit import checks, distributed, functional, norms, objectives, targets
+from advkit import checks, distributed, functional, io, norms, objectives, targets
 from advkit._version import __version__
 from advkit.attacks import (
     BIM,
@@ -53,6 +53,7 @@ __all__ = [
     "checks",
     "distributed",
     "functional",
+    "io",
     "model_guard",
     "norms",
     "objectives",
