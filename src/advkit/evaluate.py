@@ -900,15 +900,18 @@ def _gather(
 ) -> RobustnessReport:
     """The full report from every rank's local one (all ranks receive it)."""
     ints = torch.stack([local.indices, local.labels, local.predictions], dim=1)
-    floats = torch.cat([local.distances[i.name].reshape(local.n, -1) for i in infos], dim=1)
+    widths = [1 if i.minimal else len(local.eps) for i in infos]
+    floats = torch.cat(
+        [local.distances[i.name].reshape(local.n, w) for i, w in zip(infos, widths, strict=True)],
+        dim=1,
+    )
     all_ints = all_gather_rows(ints.to(_comm(dev))).cpu()
     all_floats = all_gather_rows(floats.to(_comm(dev))).cpu()
     order = all_ints[:, 0].argsort(stable=True)
     all_ints, all_floats = all_ints[order], all_floats[order]
     distances: dict[str, Tensor] = {}
     col = 0
-    for i in infos:
-        width = 1 if i.minimal else len(local.eps)
+    for i, width in zip(infos, widths, strict=True):
         block = all_floats[:, col : col + width]
         distances[i.name] = block[:, 0].clone() if i.minimal else block.clone()
         col += width
