@@ -566,9 +566,15 @@ def _batches(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and len(sampler) > 0 and _on_cpu(data[sampler.indices[0]]),
     )
     return loader, sampler.indices, n
+
+
+def _on_cpu(item: Any) -> bool:
+    """Whether a dataset item holds CPU tensors only (they can be pinned for fast copies)."""
+    parts = item if isinstance(item, (tuple, list)) else (item,)
+    return all(p.device.type == "cpu" for p in parts if isinstance(p, Tensor))
 
 
 def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
