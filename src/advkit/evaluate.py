@@ -1,0 +1,934 @@
+"""Robustness of a model over a whole dataset: clean accuracy, robust accuracy per attack
+and per eps, and the per-sample worst case over an ensemble of attacks.
+
+`evaluate` streams a dataset through the model in batches, runs each attack
+only on the samples that are still robust (AutoAttack semantics, Croce & Hein,
+"Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020), and returns a `RobustnessReport` with the
+totals, one record per sample, a table, a JSON form and a plot. The same call
+runs under ``torchrun`` on several processes (see `advkit.distributed`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+)
+
+from advkit import checks
+from advkit.attacks.base import Attack
+from advkit.distributed import (
+    ShardSampler,
+    all_gather_rows,
+    all_reduce_max,
+    all_reduce_sum,
+    rank_world,
+)
+from advkit.models import Classifier, model_guard, wrap
+
+__all__ = ["AttackInfo", "RobustnessReport", "evaluate"]
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """One attack of an evaluation.
+
+    Attributes:
+        name: the attack's name in the report (a key of the mapping given to
+            `evaluate`, else its class name, with ``#2``, ``#3`` appended to repeats).
+        description: the attack's ``repr`` (its settings).
+        minimal: whether it is a minimal-norm attack (one run, a distance per sample).
+    """
+
+    name: str
+    description: str
+    minimal: bool
+
+
+def _format_eps(e: float) -> str:
+    """``%g`` when short (``0.1``), else ``k/255`` for multiples of 1/255 (``8/255``)."""
+    short = f"{e:.4g}"
+    k = e * 255
+    if float(short) != e and 0 < e < 1 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return short
+
+
+def _json_float(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+class RobustnessReport:
+    """What `evaluate` measured: totals, one record per sample, a table and a plot.
+
+    Per-sample results are kept as tensors, sorted by dataset index; every
+    number of the report is derived from them.
+
+    For each attack ``a``, ``distances[a]`` holds float64 values with one
+    meaning everywhere: a finite value is the norm of an adversarial
+    perturbation the attack found, ``inf`` means it ran and found none, and
+    ``nan`` means it did not run on that sample (misclassified, or already
+    broken, see `evaluate`). Its shape is ``(N, E)`` (one column per eps) for a
+    fixed-eps attack and ``(N,)`` for a minimal-norm attack.
+
+    A sample is **broken by an attack at eps** if the attack succeeded at that
+    eps or at a smaller one of the grid (the adversarial it found lies in every
+    larger ball), or, for a minimal-norm attack, if its distance is ``<= eps``.
+    A sample is **robust** at eps if it is classified correctly and no attack
+    broke it there (the worst case over the attacks).
+
+    Attributes:
+        norm: the threat model's name (``"linf"``, ``"l2"``, ``"l1"``).
+        eps: the budgets, ascending, in the model's input space.
+        attacks: the attacks, in the order they ran.
+        indices: ``(N,)`` dataset indices, ascending.
+        labels: ``(N,)`` true labels.
+        predictions: ``(N,)`` the model's predictions on the clean inputs.
+        distances: per attack name, the distances described above.
+        independent: whether every attack ran on every correctly classified
+            sample (``evaluate(..., independent=True)``).
+        seed: the seed of every attack's random draws.
+        world_size: number of processes that ran the evaluation.
+        seconds: wall time of the evaluation (the slowest process).
+        forward_passes: per attack, the number of batched forward passes of
+            its calls, summed over batches and processes (a measure of its cost).
+    """
+
+    def __init__(
+        self,
+        *,
+        norm: str,
+        eps: Sequence[float],
+        attacks: Sequence[AttackInfo],
+        indices: Tensor,
+        labels: Tensor,
+        predictions: Tensor,
+        distances: Mapping[str, Tensor],
+        independent: bool,
+        seed: int,
+        world_size: int = 1,
+        seconds: float = math.nan,
+        forward_passes: Mapping[str, int] | None = None,
+    ) -> None:
+        self.norm = norm
+        self.eps = tuple(float(e) for e in eps)
+        self.attacks = tuple(attacks)
+        self.indices = indices
+        self.labels = labels
+        self.predictions = predictions
+        self.distances = dict(distances)
+        self.independent = independent
+        self.seed = seed
+        self.world_size = world_size
+        self.seconds = seconds
+        self.forward_passes = dict(forward_passes or {})
+
+    # ------------------------------------------------------------------ per sample
+
+    @property
+    def n(self) -> int:
+        """Number of samples evaluated."""
+        return int(self.indices.shape[0])
+
+    @property
+    def correct(self) -> Tensor:
+        """``(N,)`` bool: the clean input is classified correctly."""
+        return self.predictions == self.labels
+
+    def _info(self, name: str) -> AttackInfo:
+        for a in self.attacks:
+            if a.name == name:
+                return a
+        raise checks.ConfigError(
+            f"no attack named {name!r} in this report; its attacks are "
+            f"{[a.name for a in self.attacks]}."
+        )
+
+    def broken(self, attack: str) -> Tensor:
+        """``(N, E)`` bool: the samples ``attack`` itself broke at each eps (see the class)."""
+        return _broken(self._info(attack), self.distances[attack], self.eps)
+
+    def robust(self, after: str | None = None) -> Tensor:
+        """``(N, E)`` bool: per sample and eps, classified correctly and not broken.
+
+        Args:
+            after: ``None`` for the worst case over all attacks; an attack's
+                name for the attacks up to and including that one (the rows of
+                AutoAttack's log).
+        """
+        names = [a.name for a in self.attacks]
+        upto = len(names) if after is None else names.index(self._info(after).name) + 1
+        out = self.correct.unsqueeze(1).expand(self.n, len(self.eps)).clone()
+        for a in self.attacks[:upto]:
+            out &= ~self.broken(a.name)
+        return out
+
+    def attacked(self, attack: str) -> list[int]:
+        """How many samples ``attack`` ran on, per eps (its cost, in samples)."""
+        info, d = self._info(attack), self.distances[attack]
+        if info.minimal:
+            return [int((~d.isnan()).sum())] * len(self.eps)
+        return [int(c) for c in (~d.isnan()).sum(dim=0)]
+
+    def distance(self) -> Tensor:
+        """``(N,)`` the smallest perturbation norm at which some attack broke each sample.
+
+        ``0`` for misclassified samples, ``inf`` where no attack succeeded.
+        For fixed-eps attacks this is the norm of the adversarial found, which
+        is at most the eps it was found at.
+        """
+        best = torch.where(self.correct, math.inf, 0.0).double()
+        for a in self.attacks:
+            d = self.distances[a.name]
+            d = d if a.minimal else d.nan_to_num(math.inf).amin(dim=1)
+            best = torch.minimum(best, d.nan_to_num(math.inf))
+        return best
+
+    # ------------------------------------------------------------------ totals
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Fraction of samples classified correctly."""
+        return int(self.correct.sum()) / max(self.n, 1)
+
+    def robust_accuracy(
+        self, attack: str | None = None, *, after: str | None = None
+    ) -> list[float]:
+        """Robust accuracy per eps.
+
+        Args:
+            attack: ``None`` (default) for the worst case over all attacks, or
+                an attack's name for that attack alone. The latter is only
+                known where the attack ran on every sample that was
+                correctly classified and not broken by itself at a smaller
+                eps: the first attack, or every attack with
+                ``evaluate(..., independent=True)``.
+            after: an attack's name: the robust accuracy after the attacks up
+                to and including that one (AutoAttack's cumulative log).
+
+        Returns:
+            One float per eps of `eps`.
+
+        Raises:
+            ConfigError: for an unknown name, both arguments at once, or an
+                attack that skipped samples other attacks had broken.
+        """
+        n = max(self.n, 1)
+        if attack is not None and after is not None:
+            raise checks.ConfigError("give either attack= or after=, not both.")
+        if attack is None:
+            return [int(c) / n for c in self.robust(after).sum(dim=0)]
+        info, d = self._info(attack), self.distances[attack]
+        broken = self.broken(attack)
+        correct = self.correct
+        if info.minimal:
+            skipped = correct & d.isnan()
+        else:
+            # a missing run is fine only where the attack had broken the sample at a smaller eps
+            earlier = torch.zeros_like(broken)
+            earlier[:, 1:] = broken[:, :-1]
+            skipped = (correct.unsqueeze(1) & d.isnan() & ~earlier).any(dim=1)
+        if bool(skipped.any()):
+            raise checks.ConfigError(
+                f"{attack!r} did not run on {int(skipped.sum())} samples that earlier attacks had "
+                "broken, so its own robust accuracy is unknown; use robust_accuracy(after=...) "
+                "for the cumulative figure, or evaluate(..., independent=True) to run every "
+                "attack on every sample."
+            )
+        alone = correct.unsqueeze(1) & ~broken
+        return [int(c) / n for c in alone.sum(dim=0)]
+
+    # ------------------------------------------------------------------ export
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per sample, in dataset order.
+
+        Keys: ``index``, ``label``, ``prediction``, ``correct``, ``robust``
+        (one bool per eps), ``distance`` (the smallest norm at which the sample
+        was broken, ``None`` if never) and ``attacks``: per attack name,
+        ``success`` (per eps: ``True``/``False``, ``None`` where it did not run)
+        and ``distance`` (per eps for a fixed-eps attack, one value for a
+        minimal-norm attack: the norm of the adversarial found, ``None`` where
+        none was found or it did not run).
+        """
+        robust = self.robust().tolist()
+        best = self.distance().tolist()
+        eps_t = torch.tensor(self.eps, dtype=torch.float64)
+        per_attack: dict[str, tuple[list[Any], list[Any]]] = {}
+        for a in self.attacks:
+            d = self.distances[a.name]
+            dist: list[Any]
+            if a.minimal:
+                ran = ~d.isnan()
+                ok = d.unsqueeze(1) <= eps_t
+                succ = [
+                    [bool(v) if r else None for v in row]
+                    for row, r in zip(ok.tolist(), ran.tolist(), strict=True)
+                ]
+                dist = [_json_float(v) if v == v else None for v in d.tolist()]
+            else:
+                succ = [[None if v != v else math.isfinite(v) for v in row] for row in d.tolist()]
+                dist = [[_json_float(v) if v == v else None for v in row] for row in d.tolist()]
+            per_attack[a.name] = (succ, dist)
+        out = []
+        for i, (idx, lab, pred) in enumerate(
+            zip(self.indices.tolist(), self.labels.tolist(), self.predictions.tolist(), strict=True)
+        ):
+            out.append(
+                {
+                    "index": idx,
+                    "label": lab,
+                    "prediction": pred,
+                    "correct": lab == pred,
+                    "robust": robust[i],
+                    "distance": _json_float(best[i]),
+                    "attacks": {
+                        name: {"success": s[i], "distance": d[i]}
+                        for name, (s, d) in per_attack.items()
+                    },
+                }
+            )
+        return out
+
+    def to_dict(self, records: bool = True) -> dict[str, Any]:
+        """The report as plain Python values (JSON-ready: no inf or nan).
+
+        Args:
+            records: include the per-sample `records` (key ``"records"``).
+        """
+        alone: dict[str, list[float] | None] = {}
+        for a in self.attacks:
+            try:
+                alone[a.name] = self.robust_accuracy(a.name)
+            except checks.ConfigError:
+                alone[a.name] = None
+        out: dict[str, Any] = {
+            "n": self.n,
+            "norm": self.norm,
+            "eps": list(self.eps),
+            "seed": self.seed,
+            "independent": self.independent,
+            "world_size": self.world_size,
+            "seconds": _json_float(self.seconds),
+            "attacks": [
+                {
+                    "name": a.name,
+                    "description": a.description,
+                    "minimal": a.minimal,
+                    "attacked": self.attacked(a.name),
+                    "forward_passes": self.forward_passes.get(a.name),
+                    "robust_accuracy_alone": alone[a.name],
+                    "robust_accuracy_after": self.robust_accuracy(after=a.name),
+                }
+                for a in self.attacks
+            ],
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy(),
+        }
+        if records:
+            out["records"] = self.records()
+        return out
+
+    def to_json(
+        self, path: str | Path | None = None, *, records: bool = True, indent: int | None = None
+    ) -> str:
+        """The report as JSON (`to_dict`); written to ``path`` when given.
+
+        Under ``torch.distributed`` every rank holds the full report: write it
+        from one rank only (``if advkit.distributed.is_main(): ...``).
+        """
+        text = json.dumps(self.to_dict(records=records), indent=indent, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def plot(self, ax: Any = None, *, title: str | None = None) -> Any:
+        """Plot robust accuracy against eps (needs matplotlib: ``pip install 'advkit[plot]'``).
+
+        One line per attack (alone with ``independent=True``, else cumulative:
+        after that attack and the ones before it), and the worst case in black.
+
+        Args:
+            ax: a matplotlib ``Axes`` to draw into; default a new figure.
+            title: the axes' title.
+
+        Returns:
+            The matplotlib ``Axes``.
+        """
+        from advkit.plot import _pyplot
+
+        if ax is None:
+            _, ax = _pyplot().subplots(figsize=(5, 3.5))
+        for a in self.attacks:
+            ys = (
+                self.robust_accuracy(a.name)
+                if self.independent
+                else self.robust_accuracy(after=a.name)
+            )
+            label = a.name if self.independent or a is self.attacks[0] else f"+ {a.name}"
+            ax.plot(self.eps, ys, marker="o", markersize=3, linewidth=1, label=label)
+        ax.plot(self.eps, self.robust_accuracy(), color="black", linewidth=2, label="worst case")
+        ax.set_xlabel(f"eps ({self.norm} norm, input space)")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend()
+        if title:
+            ax.set_title(title)
+        return ax
+
+    def __str__(self) -> str:
+        n = self.n
+        procs = f"{self.world_size} process" + ("es" if self.world_size != 1 else "")
+        speed = f", {n / self.seconds:.0f} img/s" if self.seconds > 0 else ""
+        lines = [
+            f"Robustness of {n} samples: norm {self.norm}, seed {self.seed}, {procs}, "
+            f"{self.seconds:.1f} s{speed}",
+            f"clean accuracy: {100 * self.clean_accuracy:.2f}% ({int(self.correct.sum())}/{n})",
+        ]
+        heads = [f"eps={_format_eps(e)}" for e in self.eps]
+        rows: list[tuple[str, list[float]]] = []
+        for i, a in enumerate(self.attacks):
+            if self.independent:
+                rows.append((a.name, self.robust_accuracy(a.name)))
+            else:
+                rows.append(
+                    ((a.name if i == 0 else f"+ {a.name}"), self.robust_accuracy(after=a.name))
+                )
+        rows.append(("worst case", self.robust_accuracy()))
+        first = "robust accuracy" + (" (each attack alone)" if self.independent else "")
+        w0 = max(len(first), *(len(r[0]) + 2 for r in rows))
+        widths = [max(len(h), 7) for h in heads]
+        lines.append(
+            first.ljust(w0) + "".join("  " + h.rjust(w) for h, w in zip(heads, widths, strict=True))
+        )
+        for label, vals in rows:
+            cells = "".join(
+                "  " + f"{100 * v:.2f}%".rjust(w) for v, w in zip(vals, widths, strict=True)
+            )
+            lines.append(("  " + label).ljust(w0) + cells)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        acc = ", ".join(
+            f"{_format_eps(e)}: {v:.4f}"
+            for e, v in zip(self.eps, self.robust_accuracy(), strict=True)
+        )
+        return (
+            f"RobustnessReport(n={self.n}, norm={self.norm}, attacks={[a.name for a in self.attacks]}, "
+            f"clean_accuracy={self.clean_accuracy:.4f}, robust_accuracy={{{acc}}})"
+        )
+
+
+def _broken(info: AttackInfo, d: Tensor, eps: Sequence[float]) -> Tensor:
+    """``(N, E)`` bool: broken by this attack at each eps (see `RobustnessReport`)."""
+    if info.minimal:
+        eps_t = torch.tensor(eps, dtype=d.dtype, device=d.device)
+        return d.unsqueeze(1) <= eps_t  # nan (not run) compares False
+    return torch.isfinite(d).to(torch.uint8).cummax(dim=1).values.bool()
+
+
+# ---------------------------------------------------------------------- evaluate
+
+
+def _name_attacks(
+    attacks: Attack | Sequence[Attack] | Mapping[str, Attack],
+) -> list[tuple[str, Attack]]:
+    if isinstance(attacks, Attack):
+        items: list[tuple[str, Any]] = [(type(attacks).__name__, attacks)]
+    elif isinstance(attacks, Mapping):
+        items = [(str(k), v) for k, v in attacks.items()]
+    elif isinstance(attacks, Sequence):
+        items = []
+        seen: dict[str, int] = {}
+        for a in attacks:
+            base = type(a).__name__
+            seen[base] = seen.get(base, 0) + 1
+            items.append((base if seen[base] == 1 else f"{base}#{seen[base]}", a))
+    else:
+        raise checks.ConfigError(
+            "attacks must be an Attack, a sequence of attacks or a mapping from names to attacks, "
+            f"got {type(attacks).__name__}."
+        )
+    if not items:
+        raise checks.ConfigError("attacks is empty: give at least one attack, e.g. [advkit.PGD()].")
+    for name, a in items:
+        if not isinstance(a, Attack):
+            raise checks.ConfigError(
+                f"attack {name!r} is a {type(a).__name__}, not an advkit Attack "
+                "(e.g. advkit.PGD(norm='linf', steps=10))."
+            )
+        if a.minimal and a.eps is not None:
+            raise checks.ConfigError(
+                f"the minimal-norm attack {name!r} was built with eps={a.eps}; evaluate runs "
+                "minimal-norm attacks without a budget and reads every eps from their "
+                "distances: build it without eps."
+            )
+    norms = {a.norm.name for _, a in items}
+    if len(norms) != 1:
+        raise checks.ConfigError(
+            f"the attacks use different norms {sorted(norms)}, which share no eps axis; "
+            "evaluate each threat model separately."
+        )
+    return items
+
+
+def _check_eps_grid(eps: float | Sequence[float]) -> list[float]:
+    values = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not values:
+        raise checks.ConfigError("eps is empty: give at least one budget, e.g. eps=[8/255].")
+    grid = sorted({float(checks.check_eps(e, 1)) for e in values})
+    return grid
+
+
+def _infer_device(model: nn.Module) -> torch.device:
+    first: Tensor | None = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def _batches(
+    data: Any, batch_size: int, num_workers: int, device: torch.device
+) -> tuple[Iterable[Any], Sequence[int], int]:
+    """The loader to iterate, this rank's dataset indices in loader order, and the dataset length."""
+    rank, world = rank_world()
+    if isinstance(data, DataLoader):
+        dataset = data.dataset
+        if isinstance(dataset, IterableDataset):
+            raise checks.InputError(
+                "evaluate needs each sample's dataset index, which an IterableDataset does not "
+                "have; pass a map-style Dataset (with __len__ and __getitem__)."
+            )
+        sampler = data.sampler
+        if data.batch_size is None or type(data.batch_sampler) is not BatchSampler:
+            raise checks.ConfigError(
+                "evaluate needs a DataLoader with batch_size=... and the default batch sampler "
+                "(it reads each sample's dataset index from the sampler); pass the dataset "
+                "itself instead: evaluate(model, dataset, ..., batch_size=..., num_workers=...)."
+            )
+        if isinstance(sampler, ShardSampler):
+            if (sampler.rank, sampler.world) != (rank, world):
+                raise checks.ConfigError(
+                    f"the loader's ShardSampler is shard {sampler.rank} of {sampler.world}, but "
+                    f"this process is rank {rank} of {world}; build it as ShardSampler(dataset) "
+                    "after initializing torch.distributed."
+                )
+            order: Sequence[int] = sampler.indices
+        elif isinstance(sampler, SequentialSampler):
+            if world > 1:
+                raise checks.ConfigError(
+                    f"this process is rank {rank} of {world}, but the DataLoader reads the whole "
+                    "dataset on every rank; pass the dataset itself (evaluate shards it) or a "
+                    "DataLoader with sampler=advkit.distributed.ShardSampler(dataset)."
+                )
+            order = range(len(sampler))
+        else:
+            raise checks.ConfigError(
+                f"the DataLoader's sampler is a {type(sampler).__name__}: evaluate reads each "
+                "sample's dataset index from the loader's order and cannot follow a shuffled "
+                "or custom sampler. Use shuffle=False (robust accuracy does not depend on the "
+                "order), or pass the dataset itself: evaluate(model, dataset, batch_size=...)."
+            )
+        return data, order, len(dataset)  # type: ignore[arg-type]
+    if isinstance(data, IterableDataset) or not isinstance(data, Dataset):
+        raise checks.InputError(
+            f"data must be a map-style torch Dataset (with __len__ and __getitem__) or a "
+            f"DataLoader over one, got {type(data).__name__}; for tensors use "
+            "torch.utils.data.TensorDataset(x, y)."
+        )
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise checks.InputError(
+            "the dataset has no __len__; evaluate needs a map-style Dataset of known length."
+        ) from None
+    checks.check_positive_int(batch_size, "batch_size")
+    checks.check_positive_int(num_workers, "num_workers", minimum=0)
+    sampler = ShardSampler(n, rank, world)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda" and len(sampler) > 0 and _on_cpu(data[sampler.indices[0]]),
+    )
+    return loader, sampler.indices, n
+
+
+def _on_cpu(item: Any) -> bool:
+    """Whether a dataset item holds CPU tensors only (they can be pinned for fast copies)."""
+    parts = item if isinstance(item, (tuple, list)) else (item,)
+    return all(p.device.type == "cpu" for p in parts if isinstance(p, Tensor))
+
+
+def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        x, y = batch[0], batch[1]
+        if isinstance(x, Tensor) and isinstance(y, Tensor):
+            return x, y
+    raise checks.InputError(
+        "each batch must be a pair (inputs, labels) of tensors (the first two items of a tuple "
+        f"or list), got {type(batch).__name__}; wrap the dataset so that it returns (x, y)."
+    )
+
+
+class _Progress:
+    """An optional tqdm bar over samples: robust accuracy so far and images/s."""
+
+    def __init__(self, progress: bool | None, total: int, eps: Sequence[float], world: int) -> None:
+        self.bar: Any = None
+        if progress is False:
+            return
+        try:
+            tqdm = importlib.import_module("tqdm").tqdm
+        except ImportError:
+            if progress:
+                raise ImportError(
+                    "progress=True needs tqdm: pip install 'advkit[progress]' (or tqdm), "
+                    "or pass progress=False."
+                ) from None
+            return
+        isatty = getattr(sys.stderr, "isatty", None)
+        if rank_world()[0] != 0 or not (callable(isatty) and isatty()):
+            return
+        self.eps = list(eps)
+        self.shown = sorted({0, len(self.eps) - 1}) if len(self.eps) > 3 else range(len(self.eps))
+        desc = "evaluate" if world == 1 else f"evaluate (rank 0 of {world})"
+        self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+        self.done = 0
+        self.robust = [0] * len(self.eps)
+
+    def update(self, robust: Tensor) -> None:
+        if self.bar is None:
+            return
+        self.done += robust.shape[0]
+        counts = robust.sum(dim=0).tolist()
+        self.robust = [a + int(b) for a, b in zip(self.robust, counts, strict=True)]
+        post = " ".join(
+            f"{_format_eps(self.eps[k])}:{100 * self.robust[k] / self.done:.1f}%"
+            for k in self.shown
+        )
+        self.bar.set_postfix_str(f"robust {post}", refresh=False)
+        self.bar.update(robust.shape[0])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset[Any] | DataLoader[Any],
+    attacks: Attack | Sequence[Attack] | Mapping[str, Attack],
+    eps: float | Sequence[float],
+    *,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    independent: bool = False,
+    progress: bool | None = None,
+) -> RobustnessReport:
+    r"""Clean and robust accuracy of ``model`` over a dataset, per attack and per eps.
+
+    For every batch the clean inputs are classified once; misclassified
+    samples count as non-robust at every eps and are never attacked. Then the
+    attacks run in the given order, each only on the samples that are still
+    robust (AutoAttack semantics: correctly classified and not yet broken by
+    an earlier attack, nor by the same attack at a smaller eps), so an
+    ensemble costs little more than its first member:
+
+    - a **fixed-eps** attack runs once per eps, ascending
+      (``attack(model, x, y, eps=e, ...)``); a sample it breaks at one eps
+      counts as broken at every larger eps, because the adversarial found lies
+      in every larger ball (robust accuracy never increases with eps). At
+      ``eps = 0`` nothing can be found and nothing is run.
+    - a **minimal-norm** attack (``attack.minimal``, e.g. `DeepFool`, `CW`)
+      runs once, without eps, on the samples still robust at the smallest
+      positive eps, and breaks a sample at every eps ``>=`` the distance it found.
+
+    The result, per sample and eps, is the worst case over the attacks: robust
+    iff classified correctly and no attack found an adversarial within eps.
+
+    Randomness: every attack call gets ``generator=torch.Generator(device).manual_seed(seed)``
+    and ``sample_ids=`` the dataset indices of its samples, so each random
+    draw of sample ``i`` depends only on ``seed`` and ``i``
+    (`advkit.functional.KeyedGenerator`): results do not depend on the batch
+    size, on which samples share a batch, or on the number of processes.
+    (Attacks with batch-level decisions, like `CW`'s ``abort_early`` test on
+    the batch's total loss, are the exception.)
+
+    Distributed: under ``torch.distributed`` (``torchrun``; NCCL or gloo) each
+    rank evaluates its own contiguous shard of the dataset
+    (`advkit.distributed.ShardSampler`: disjoint, nothing padded or repeated),
+    the counts are summed with ``all_reduce``, the per-sample results of all
+    ranks are gathered, and **every rank returns the same full report**; write
+    files from rank 0 only (`advkit.distributed.is_main`).
+
+    Args:
+        model: a `Classifier` (`advkit.wrap`) or any ``nn.Module``
+            (wrapped with ``bounds=(0, 1)``), already on its device. It is
+            put in eval mode for the evaluation and restored afterwards.
+        data: a map-style ``Dataset`` whose items are ``(x, y)`` (batched here
+            with ``batch_size`` and ``num_workers``), or a ``DataLoader`` over one
+            whose sampler is sequential (``shuffle=False``) or a `ShardSampler`.
+            Sample ids are positions in the dataset.
+        attacks: one attack, a sequence (named by class, ``PGD``, ``PGD#2``,
+            ...) or a mapping from names to attacks; untargeted, all in the
+            same norm. Minimal-norm attacks must be built without eps.
+        eps: the budgets, in the attacks' norm and the model's input space;
+            sorted ascending, duplicates removed.
+        batch_size: samples per batch when ``data`` is a Dataset.
+        num_workers: DataLoader worker processes when ``data`` is a Dataset.
+        device: where inputs go; default the device of the model's parameters.
+        seed: seed of every attack's random draws.
+        independent: run every attack on every correctly classified sample
+            (each attack's own robust accuracy becomes known, at the price of
+            running them all in full); the worst case is the same.
+        progress: a progress bar on stderr (tqdm, ``pip install 'advkit[progress]'``)
+            with the samples done, the robust accuracy so far and images/s.
+            ``None``: shown when tqdm is installed and stderr is a terminal;
+            ``True``: the same, but a missing tqdm raises; ``False``: never.
+            Only rank 0 shows it, for its own shard.
+
+    Returns:
+        A `RobustnessReport`: ``print(report)`` for a table,
+        ``report.robust_accuracy()``, ``report.records()``,
+        ``report.to_json(path)``, ``report.plot()``.
+
+    Raises:
+        ConfigError: bad attacks, eps, batch settings, or a DataLoader whose
+            sampler hides the dataset indices (shuffled or custom).
+        InputError: ``data`` is not a map-style dataset, or its batches are not
+            ``(x, y)`` pairs; the attacks' own errors for bad inputs or labels.
+        ImportError: ``progress=True`` without tqdm.
+
+    Example:
+        >>> import torch, advkit
+        >>> from torch.utils.data import TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> data = TensorDataset(torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,)))
+        >>> report = evaluate(net, data, [advkit.FGSM(), advkit.PGD(steps=5)], eps=[0.01, 0.1],
+        ...                   batch_size=8, progress=False)
+        >>> report.n, len(report.robust_accuracy())
+        (20, 2)
+        >>> all(w <= c for w, c in zip(report.robust_accuracy(), [report.clean_accuracy] * 2))
+        True
+    """
+    start = time.perf_counter()
+    named = _name_attacks(attacks)
+    grid = _check_eps_grid(eps)
+    norm = named[0][1].norm.name
+    seed = int(seed)
+    clf = model if isinstance(model, Classifier) else wrap(model)
+    dev = torch.device(device) if device is not None else _infer_device(clf)
+    loader, order, n_total = _batches(data, batch_size, num_workers, dev)
+    world = rank_world()[1]
+    n_total_t = all_reduce_max(torch.tensor([n_total], dtype=torch.int64, device=_comm(dev)))
+    if int(n_total_t) == 0:
+        raise checks.InputError("the dataset is empty: there is nothing to evaluate.")
+
+    infos = [AttackInfo(name, repr(a), a.minimal) for name, a in named]
+    num_eps = len(grid)
+    eps_t = torch.tensor(grid, dtype=torch.float64, device=dev)
+    positive = [k for k, e in enumerate(grid) if e > 0]
+    passes = dict.fromkeys((name for name, _ in named), 0)
+
+    ids_parts: list[Tensor] = []
+    label_parts: list[Tensor] = []
+    pred_parts: list[Tensor] = []
+    dist_parts: dict[str, list[Tensor]] = {name: [] for name, _ in named}
+    bar = _Progress(progress, len(order), grid, world)
+
+    def generator() -> torch.Generator:
+        return torch.Generator(device=dev).manual_seed(seed)
+
+    offset = 0
+    try:
+        with model_guard(clf):
+            for batch in loader:
+                x, y = _unpack(batch)
+                b = x.shape[0]
+                if offset + b > len(order):
+                    raise checks.ConfigError(
+                        "the DataLoader yielded more samples than its sampler holds; evaluate "
+                        "needs the default batch sampler."
+                    )
+                ids = torch.as_tensor(order[offset : offset + b], dtype=torch.int64)
+                offset += b
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                ids = ids.to(dev)
+                checks.check_inputs(x, clf.bounds)
+                with torch.no_grad():
+                    logits = checks.check_logits(clf(x), b)
+                checks.check_labels(y, b, logits.shape[1])
+                pred = logits.argmax(dim=1)
+                correct = pred == y
+                robust = correct.unsqueeze(1).expand(b, num_eps).clone()
+
+                for name, attack in named:
+                    if attack.minimal:
+                        d = torch.full((b,), math.nan, dtype=torch.float64, device=dev)
+                        if positive:
+                            todo = correct if independent else robust[:, positive[0]]
+                            idx = todo.nonzero().flatten()
+                            if idx.numel():
+                                res = attack(
+                                    clf,
+                                    x[idx],
+                                    y[idx],
+                                    generator=generator(),
+                                    sample_ids=ids[idx],
+                                )
+                                passes[name] += res.forward_passes
+                                found = torch.where(res.success, res.distance.double(), math.inf)
+                                d[idx] = found
+                                robust[idx] &= ~(found.unsqueeze(1) <= eps_t)
+                    else:
+                        d = torch.full((b, num_eps), math.nan, dtype=torch.float64, device=dev)
+                        own = torch.zeros(b, dtype=torch.bool, device=dev)
+                        for k, e in enumerate(grid):
+                            todo = (correct if independent else robust[:, k]) & ~own
+                            if e == 0:  # the ball is the clean input: nothing to find
+                                d[:, k] = torch.where(todo, math.inf, math.nan)
+                                continue
+                            idx = todo.nonzero().flatten()
+                            if not idx.numel():
+                                continue
+                            res = attack(
+                                clf,
+                                x[idx],
+                                y[idx],
+                                eps=e,
+                                generator=generator(),
+                                sample_ids=ids[idx],
+                            )
+                            passes[name] += res.forward_passes
+                            d[idx, k] = torch.where(res.success, res.distance.double(), math.inf)
+                            own[idx] |= res.success
+                            robust[:, k:] &= ~own.unsqueeze(1)
+                    dist_parts[name].append(d)
+
+                ids_parts.append(ids)
+                label_parts.append(y.to(torch.int64))
+                pred_parts.append(pred)
+                bar.update(robust)
+    finally:
+        bar.close()
+
+    empty_i = torch.zeros(0, dtype=torch.int64, device=dev)
+    local_ids = torch.cat(ids_parts) if ids_parts else empty_i
+    local_labels = torch.cat(label_parts) if label_parts else empty_i
+    local_preds = torch.cat(pred_parts) if pred_parts else empty_i
+    local_dist = {
+        info.name: (
+            torch.cat(dist_parts[info.name])
+            if dist_parts[info.name]
+            else torch.zeros(
+                (0,) if info.minimal else (0, num_eps), dtype=torch.float64, device=dev
+            )
+        )
+        for info in infos
+    }
+    local = RobustnessReport(
+        norm=norm,
+        eps=grid,
+        attacks=infos,
+        indices=local_ids.cpu(),
+        labels=local_labels.cpu(),
+        predictions=local_preds.cpu(),
+        distances={k: v.cpu() for k, v in local_dist.items()},
+        independent=independent,
+        seed=seed,
+    )
+    full = local if world == 1 else _gather(local, infos, dev)
+
+    # Totals reduced over ranks must match the gathered records: a check that the
+    # shards were disjoint and complete.
+    counts = _counts(local).to(_comm(dev))
+    all_reduce_sum(counts)
+    if not torch.equal(counts.cpu(), _counts(full)):
+        raise RuntimeError(
+            "the per-sample records gathered from the ranks disagree with the reduced counts; "
+            "some samples were evaluated twice or lost."
+        )
+    if bool((full.indices[1:] == full.indices[:-1]).any()):
+        raise RuntimeError(
+            "some dataset indices were evaluated more than once (a padding or overlapping "
+            "sampler); use advkit.distributed.ShardSampler."
+        )
+    fw = torch.tensor([passes[i.name] for i in infos], dtype=torch.int64, device=_comm(dev))
+    all_reduce_sum(fw)
+    seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=_comm(dev))
+    all_reduce_max(seconds)
+    full.world_size = world
+    full.seconds = float(seconds)
+    full.forward_passes = {i.name: int(c) for i, c in zip(infos, fw.tolist(), strict=True)}
+    return full
+
+
+def _comm(dev: torch.device) -> torch.device:
+    """The device for this process group's collectives (the GPU under NCCL, else the CPU)."""
+    import torch.distributed as dist
+
+    if rank_world()[1] > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _counts(report: RobustnessReport) -> Tensor:
+    """``[n, correct, robust after each attack per eps...]`` as int64, for the cross-rank check."""
+    parts = [torch.tensor([report.n, int(report.correct.sum())], dtype=torch.int64)]
+    parts += [report.robust(after=a.name).sum(dim=0).to(torch.int64) for a in report.attacks]
+    return torch.cat(parts)
+
+
+def _gather(
+    local: RobustnessReport, infos: Sequence[AttackInfo], dev: torch.device
+) -> RobustnessReport:
+    """The full report from every rank's local one (all ranks receive it)."""
+    ints = torch.stack([local.indices, local.labels, local.predictions], dim=1)
+    widths = [1 if i.minimal else len(local.eps) for i in infos]
+    floats = torch.cat(
+        [local.distances[i.name].reshape(local.n, w) for i, w in zip(infos, widths, strict=True)],
+        dim=1,
+    )
+    all_ints = all_gather_rows(ints.to(_comm(dev))).cpu()
+    all_floats = all_gather_rows(floats.to(_comm(dev))).cpu()
+    order = all_ints[:, 0].argsort(stable=True)
+    all_ints, all_floats = all_ints[order], all_floats[order]
+    distances: dict[str, Tensor] = {}
+    col = 0
+    for i, width in zip(infos, widths, strict=True):
+        block = all_floats[:, col : col + width]
+        distances[i.name] = block[:, 0].clone() if i.minimal else block.clone()
+        col += width
+    return RobustnessReport(
+        norm=local.norm,
+        eps=local.eps,
+        attacks=infos,
+        indices=all_ints[:, 0].clone(),
+        labels=all_ints[:, 1].clone(),
+        predictions=all_ints[:, 2].clone(),
+        distances=distances,
+        independent=local.independent,
+        seed=local.seed,
+    )

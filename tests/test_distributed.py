@@ -1,0 +1,161 @@
+"""advkit.distributed and evaluate under torch.distributed: shards without padding, two gloo
+ranks on the loopback give the same per-sample results as one process, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import advkit
+from advkit.distributed import (
+    ShardSampler,
+    all_gather_rows,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    is_main,
+    rank_world,
+    shard_range,
+)
+from advkit.evaluate import evaluate
+
+from ._digits import digits_data, digits_model
+
+EPS = [0.05, 0.1]
+N_ODD = 151  # not divisible by the world size
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 151, 1000])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shards_cover_the_dataset_once(n: int, world: int) -> None:
+    shards = [list(ShardSampler(n, r, world)) for r in range(world)]
+    flat = [i for s in shards for i in s]
+    assert flat == list(range(n))  # disjoint, in order, nothing repeated or padded
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert [len(ShardSampler(n, r, world)) for r in range(world)] == list(map(len, shards))
+    assert ShardSampler(list(range(n)), 0, world).world == world
+
+
+def test_single_process_helpers() -> None:
+    assert rank_world() == (0, 1) and is_main()
+    t = torch.arange(6.0).reshape(3, 2)
+    assert all_gather_rows(t) is t
+    assert torch.equal(all_reduce_sum(t.clone()), t) and torch.equal(all_reduce_max(t.clone()), t)
+    barrier()
+    assert shard_range(5) == range(5)
+    with pytest.raises(ValueError, match="rank"):
+        shard_range(5, 2, 2)
+
+
+class _Recording(Dataset):  # type: ignore[type-arg]
+    """A dataset that writes down every index it serves, to check the split."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.seen: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.seen.append(int(i))
+        return self.x[i], self.y[i]
+
+
+def _attacks() -> dict[str, advkit.Attack]:
+    return {
+        "FGSM": advkit.FGSM(norm="linf"),
+        "PGD": advkit.PGD(norm="linf", steps=4, random_init=True),
+    }
+
+
+def _loopback() -> None:
+    names = {name for _, name in socket.if_nameindex()}
+    for lo in ("lo", "lo0"):
+        if lo in names:
+            os.environ["GLOO_SOCKET_IFNAME"] = lo
+            return
+
+
+def _worker(rank: int, world: int, store: str, out: str, model: Any, x: Any, y: Any) -> None:
+    torch.set_num_threads(1)
+    _loopback()
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
+    try:
+        data = _Recording(x, y)
+        report = evaluate(model, data, _attacks(), eps=EPS, batch_size=16, seed=7, progress=False)
+        seen = list(data.seen)
+        tiny = _Recording(x[:1], y[:1])  # one sample: rank 0's shard is empty
+        tiny_report = evaluate(model, tiny, _attacks(), eps=EPS, batch_size=16, seed=7)
+        loader = DataLoader(data, batch_size=10, sampler=ShardSampler(data))
+        via_loader = evaluate(model, loader, _attacks(), eps=EPS, seed=7, progress=False)
+        result = {
+            "seen": seen,
+            "tiny_seen": tiny.seen,
+            "report": report.to_dict(),
+            "tiny": tiny_report.to_dict(),
+            "loader": via_loader.to_dict(),
+        }
+        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        with pytest.raises(advkit.ConfigError, match="reads the whole dataset on every rank"):
+            evaluate(model, DataLoader(data, batch_size=8), _attacks(), eps=EPS, progress=False)
+        Path(out, f"rank{rank}.ok").write_text("")
+    finally:
+        dist.destroy_process_group()
+
+
+def _strip(d: dict[str, Any]) -> dict[str, Any]:
+    """What must agree between runs: all but the wall time, the process count and the number
+    of batched forward passes (which grows with the number of batches)."""
+    out = {k: v for k, v in d.items() if k not in ("seconds", "world_size", "attacks")}
+    out["attacks"] = [{k: v for k, v in a.items() if k != "forward_passes"} for a in d["attacks"]]
+    return out
+
+
+def test_two_gloo_ranks_match_one_process_bit_for_bit(tmp_path: Path) -> None:
+    _, _, x_all, y_all = digits_data()
+    model = digits_model()
+    x, y = x_all[:N_ODD].clone(), y_all[:N_ODD].clone()
+    world = 2
+    mp.spawn(
+        _worker,
+        args=(world, f"file://{tmp_path / 'store'}", str(tmp_path), model, x, y),
+        nprocs=world,
+        join=True,
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    assert all((tmp_path / f"rank{r}.ok").exists() for r in range(world))
+
+    # the split: disjoint contiguous shards, every index once, nothing padded
+    assert ranks[0]["seen"] + ranks[1]["seen"] == list(range(N_ODD))
+    assert len(ranks[0]["seen"]) == N_ODD // 2
+    assert ranks[0]["tiny_seen"] == [] and ranks[1]["tiny_seen"] == [0]
+
+    # one process, same threads: the per-sample records are identical, bit for bit
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = evaluate(model, TensorDataset(x, y), _attacks(), eps=EPS, batch_size=16, seed=7)
+        tiny = evaluate(model, TensorDataset(x[:1], y[:1]), _attacks(), eps=EPS, seed=7)
+    finally:
+        torch.set_num_threads(threads)
+    expected = _strip(single.to_dict())
+    assert expected["robust_accuracy"][0] < expected["clean_accuracy"]  # PGD broke something
+    pgd = [r["attacks"]["PGD"]["success"] for r in expected["records"]]
+    assert any(True in s for s in pgd) and any(False in s for s in pgd)
+    for r in range(world):  # every rank returns the same full report
+        assert ranks[r]["report"]["world_size"] == world
+        assert ranks[r]["report"]["records"] == expected["records"]
+        assert _strip(ranks[r]["report"]) == expected
+        assert _strip(ranks[r]["loader"]) == expected
+        assert _strip(ranks[r]["tiny"]) == _strip(tiny.to_dict())
+        assert [rec["index"] for rec in ranks[r]["report"]["records"]] == list(range(N_ODD))
