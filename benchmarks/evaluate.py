@@ -62,7 +62,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import advkit
 from advkit.distributed import shard_range
-from advkit.evaluate import RobustnessReport, evaluate
+from advkit.evaluation import RobustnessReport, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))  # the digits helpers live in examples/

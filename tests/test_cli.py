@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 
 import advkit
 from advkit.cli import main, parse_attack, parse_eps, parse_number
-from advkit.evaluate import evaluate
+from advkit.evaluation import evaluate
 
 MODEL_FILE = """
 import torch

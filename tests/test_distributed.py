@@ -26,7 +26,7 @@ from advkit.distributed import (
     rank_world,
     shard_range,
 )
-from advkit.evaluate import evaluate
+from advkit.evaluation import evaluate
 
 from ._digits import digits_data, digits_model
 

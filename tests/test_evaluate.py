@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import advkit
-from advkit.evaluate import RobustnessReport, evaluate
+from advkit.evaluation import RobustnessReport, evaluate
 
 from ._digits import digits_data, digits_model
 

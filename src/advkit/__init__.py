@@ -22,6 +22,7 @@ from advkit.checks import (
     ModelOutputError,
     ProbabilityOutputWarning,
 )
+from advkit.evaluation import RobustnessReport, evaluate
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import L1, L2, Linf, Norm
 from advkit.result import AttackResult
@@ -48,10 +49,12 @@ __all__ = [
     "ModelOutputError",
     "Norm",
     "ProbabilityOutputWarning",
+    "RobustnessReport",
     "UniformNoise",
     "__version__",
     "checks",
     "distributed",
+    "evaluate",
     "functional",
     "io",
     "model_guard",

@@ -7,7 +7,7 @@ Example::
         --json report.json --plot curve.png
 
 The same command runs on several processes with ``torchrun --nproc_per_node=N -m advkit
-eval ...``. Everything it does is one call of `advkit.evaluate.evaluate`; the Python API
+eval ...``. Everything it does is one call of `advkit.evaluate`; the Python API
 offers more (any attack object, custom objectives, a report object to inspect).
 """
 
@@ -31,7 +31,7 @@ from advkit import objectives
 from advkit.attacks import BIM, CW, FGSM, PGD, Attack, DeepFool, GaussianNoise, UniformNoise
 from advkit.checks import AdvkitError, ConfigError
 from advkit.distributed import init_from_env, is_main, shutdown
-from advkit.evaluate import evaluate
+from advkit.evaluation import evaluate
 from advkit.models import Classifier, wrap
 
 __all__ = ["ATTACKS", "main", "parse_attack", "parse_eps", "parse_number"]
@@ -110,7 +110,7 @@ def parse_attack(spec: str, norm: str) -> tuple[str, Attack]:
 
     Example:
         >>> parse_attack("pgd:steps=20,step_size=1/255", "linf")[1]
-        PGD(norm='linf', eps=None, steps=20, step_size=0.00392156862745098, random_init=True, restarts=1)
+        PGD(norm='linf', eps=None, steps=20, step_size=0.00392156862745098, random_init=True, restarts=1, early_stop=False)
     """
     name, _, rest = spec.partition(":")
     cls = ATTACKS.get(name.strip().lower())
