@@ -27,7 +27,9 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The test models are tiny: a second intra-op thread buys nothing and, on a busy machine,
+# its spin-waiting makes small ops an order of magnitude slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
