@@ -14,13 +14,14 @@ rounds by default (advkit's default is 1000 steps, foolbox's and adv-lib's
 For every method the script itself measures, from the returned points: the
 success rate (its own forward pass: prediction != label), the median and mean
 L2 (and Linf) norm of the successful perturbations ``x_adv - x``, whether the
-points lie in the box [0, 1], the wall time (median of up to ``--repeats``
-timed runs after one warm-up run; a method stops repeating once its runs took
-``--budget-s``) and the number of forward and backward passes through the
-model, counted during the warm-up run by a wrapper module (one count per
-``forward`` call; one per backward traversal that reaches the input, seen by an
-identity ``autograd.Function`` in front of the model). advkit's own counts are
-reported as well.
+points lie in the box [0, 1], the wall time (median and minimum of up to
+``--repeats`` timed runs after one warm-up run, interleaved across methods; a
+method stops repeating once its runs took ``--budget-s``), each peer's time
+relative to advkit's for the same attack, and the number of forward and
+backward passes through the model, counted during the warm-up run by a wrapper
+module (one count per ``forward`` call; one per backward traversal that reaches
+the input, seen by an identity ``autograd.Function`` in front of the model).
+advkit's own counts are reported as well.
 
 The peers are optional and never installed by this script (see
 ``benchmarks/README.md``); one that does not import is skipped with one line.
@@ -32,7 +33,7 @@ itself, so that no method pays for weight gradients.
 Run from the repository root (not a test; a default run takes about 4 minutes
 on 2 CPU cores, ``--quick`` about half a minute):
 
-    python benchmarks/min_norm.py
+    python benchmarks/min_norm.py --threads 2
     python benchmarks/min_norm.py --quick           # 100 images, CW 50 steps x 9, 1 timed run
     python benchmarks/min_norm.py --batch-size 100 --cw-steps 1000 --repeats 1 --tag cw1000
 
@@ -79,8 +80,8 @@ CW_LR, CW_INITIAL_CONST, CW_KAPPA = 1e-2, 1e-3, 0.0
 class _Tap(torch.autograd.Function):
     """Identity on the model's input whose backward counts the traversals that reach it.
 
-    ``generate_vmap_rule`` keeps advkit's vectorized ``is_grads_batched`` backward
-    vectorized: it reaches the input once and counts once, for its ``K`` logits.
+    ``generate_vmap_rule`` keeps a vectorized backward (``is_grads_batched``)
+    vectorized: it reaches the input once and counts once, for all its rows.
     """
 
     generate_vmap_rule = True
@@ -333,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="the first n correctly classified test images (default: all, about 355)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs of each method, at most (default 3)"
+        "--repeats", type=int, default=None, help="timed runs of each method, at most (default 10)"
     )
     parser.add_argument(
         "--budget-s",
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.batch_size is None and quick:
         args.batch_size = 100
     if args.repeats is None:
-        args.repeats = 1 if quick else 3
+        args.repeats = 1 if quick else 10
     if args.cw_steps is None:
         args.cw_steps = 50 if quick else 200
     if args.cw_search_steps is None:
@@ -452,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "settings": m.settings,
             **ev["summary"],
             "median_ms": 1000 * statistics.median(m.times),
+            "min_ms": 1000 * min(m.times),
             "timed_runs": len(m.times),
             "times_s": m.times,
             "forward_calls": counts[m.name]["forward"],
@@ -474,7 +476,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             both = ev["success"] & evals[ref]["success"]
             mine, theirs = ev[m.norm][both], evals[ref][m.norm][both]
             ratio = mine / theirs.clamp_min(1e-12)
+            ref_times = next(r.times for r in methods if r.name == ref)
             row["vs_advkit"] = {
+                "time_ratio_median": statistics.median(m.times) / statistics.median(ref_times),
+                "time_ratio_min": min(m.times) / min(ref_times),
                 "common_successes": int(both.sum()),
                 "median_norm_ratio": float(ratio.median()) if both.any() else None,
                 "advkit_smaller_fraction": float((theirs < mine - 1e-6).float().mean())
@@ -542,12 +547,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print(
         "| method | success | median L2 | mean L2 | median Linf | mean Linf "
-        "| norm / advkit's | median ms | runs | forward | backward | in [0, 1] |"
+        "| norm / advkit's | median ms | min ms | time / advkit's | runs | forward | backward "
+        "| in [0, 1] |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|")
     for row in rows:
         linf = row["norm"] == "linf"
         vs = row.get("vs_advkit", {}).get("median_norm_ratio")
+        t_med = row.get("vs_advkit", {}).get("time_ratio_median")
+        t_min = row.get("vs_advkit", {}).get("time_ratio_min")
+        t_vs = "-" if t_med is None else f"{t_med:.2f} ({t_min:.2f})"
         fwd, bwd = str(row["forward_calls"]), str(row["backward_calls"])
         if "advkit_reported" in row:
             own = row["advkit_reported"]
@@ -560,15 +569,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"| {row['method']} | {success} | {_fmt(row['l2']['median'])} "
             f"| {_fmt(row['l2']['mean'])} | {_fmt(row['linf']['median'] if linf else None)} "
             f"| {_fmt(row['linf']['mean'] if linf else None)} | {_fmt(vs)} "
-            f"| {row['median_ms']:.0f} | {row['timed_runs']} | {fwd} | {bwd} "
+            f"| {row['median_ms']:.0f} | {row['min_ms']:.0f} | {t_vs} | {row['timed_runs']} "
+            f"| {fwd} | {bwd} "
             f"| {'yes' if row['in_box'] else 'NO'} |"
         )
     print(
         "\nforward / backward: calls counted by the wrapper (a backward call is one traversal "
-        "reaching the input; advkit's vectorized K-logit backward is one call); in parentheses "
-        "advkit's own counts (its K-logit backward counts as K). norm / advkit's: median over "
+        "reaching the input); in parentheses advkit's own counts. norm / advkit's: median over "
         "the samples both broke of this row's norm (L2, or Linf for Linf rows) divided by the "
-        "advkit row of the same attack."
+        "advkit row of the same attack. time / advkit's: this row's median time divided by the "
+        "advkit row's (in parentheses: the ratio of the minima)."
     )
     for row in rows:
         if row["blank_points"]:

@@ -68,7 +68,8 @@ def test_deepfool_uses_only_the_candidate_classes() -> None:
     res = advkit.DeepFool(candidates=3)(model, x, y)
     assert bool(res.success.all())
     assert float((res.distance / exact).min()) >= 1.0 - 1e-9
-    assert res.backward_passes % 3 == 0
+    # Each iteration: one forward, and one backward per candidate boundary (K - 1 = 2).
+    assert res.backward_passes == 2 * (res.forward_passes - 1)
 
 
 def test_cw_lands_within_a_few_percent_of_the_exact_minimum() -> None:
@@ -273,3 +274,114 @@ def test_cw_confidence_and_abort_early() -> None:
     assert full.forward_passes == 1 + 2 * 100
     early = advkit.CW(steps=100, search_steps=2, initial_const=1e3)(model, x, y)
     assert early.forward_passes < 1 + 2 * 100  # the loss stalls once the margin is met
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_class_gradients_match_the_jacobian(relative: bool) -> None:
+    """The K logits' (or K - 1 differences') input gradients, one backward pass per row."""
+    from advkit.attacks.base import Context
+    from advkit.norms import L2
+
+    with torch.random.fork_rng():  # seeded weights, the global generator left alone
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64, 6),
+        ).double()
+        net.eval()
+        x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
+        classes = torch.stack([torch.randperm(6)[:4] for _ in range(5)])  # (B, K = 4), distinct
+    ctx = Context(
+        model=advkit.wrap(net),
+        x0=x,
+        labels=torch.zeros(5, dtype=torch.long),
+        eps=None,
+        norm=L2(),
+        objective=advkit.objectives.cross_entropy,
+        generator=torch.Generator(),
+    )
+    before = (ctx.forward_passes, ctx.backward_passes)
+    logits, grads = ctx.class_gradients(x, classes, relative=relative)
+    jac = torch.autograd.functional.jacobian(net, x)  # (B, C, B, 2, 4, 4)
+    own = torch.stack([jac[i, :, i] for i in range(5)])  # (B, C, 2, 4, 4)
+    picked = torch.stack([own[i, classes[i]] for i in range(5)], dim=1)  # (K, B, 2, 4, 4)
+    expected = picked[1:] - picked[:1] if relative else picked
+    torch.testing.assert_close(logits, net(x))
+    torch.testing.assert_close(grads, expected)
+    rows = 3 if relative else 4
+    assert (ctx.forward_passes, ctx.backward_passes) == (before[0] + 1, before[1] + rows)
+
+
+def clip_only_deepfool(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dual: float, steps: int = 50
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook DeepFool as the reference implementations run it: all classes, the whole batch
+    every iteration, overshoot 0.02 on the total perturbation, clipping only."""
+    c = 10
+    rows = torch.arange(x.shape[0])
+    out, found = x.clone(), torch.zeros_like(y, dtype=torch.bool)
+    x_adv, r_tot = x.clone(), torch.zeros_like(x)
+    for _ in range(steps):
+        xg = x_adv.clone().requires_grad_(True)
+        logits = model(xg)
+        adv = logits.argmax(1) != y
+        out = torch.where((adv & ~found)[:, None, None, None], x_adv, out)
+        found |= adv
+        if bool(found.all()):
+            break
+        gap = logits - logits.gather(1, y[:, None])  # (B, C), < 0 for the other classes
+        w = torch.stack(
+            [torch.autograd.grad(gap[:, k].sum(), xg, retain_graph=True)[0] for k in range(c)], 1
+        )
+        norms = torch.linalg.vector_norm(w.flatten(2), ord=dual, dim=2)
+        dist = torch.where(norms > 0, gap.detach().abs() / norms, torch.inf)
+        nearest = dist.argmin(1)
+        wl, nl = w[rows, nearest], norms[rows, nearest]
+        d = wl / nl[:, None, None, None] if dual == 2.0 else wl.sign()
+        step = ((gap.detach()[rows, nearest].abs() + 1e-4) / nl)[:, None, None, None] * d
+        r_tot = torch.where(found[:, None, None, None], r_tot, r_tot + step)
+        x_adv = (x + 1.02 * r_tot).clamp(0, 1)
+        r_tot = (x_adv - x) / 1.02
+    return out, found
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_matches_the_clip_only_reference_at_a_fraction_of_its_gradients(
+    norm: str,
+) -> None:
+    """Same perturbations as textbook DeepFool on the digits CNN, from gradients at about three
+    iterates per sample: the batch shrinks, the box-aware steps cross, and the iterate after a
+    box-aware step is scored before anyone pays for its gradients."""
+    model = digits_model()
+    _, _, x, y = digits_data()
+    x, y = x[:200], y[:200]
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    ref_x, ref_found = clip_only_deepfool(model, x, y, DUAL[norm])
+    assert bool(ref_found.all())
+    ref = advkit.norms.resolve_norm(norm).measure(ref_x - x)
+
+    grad_rows = [0]
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                grad_rows[0] += z.shape[0]
+            out: torch.Tensor = self.model(z)
+            return out
+
+    res = advkit.DeepFool(norm=norm)(Counting(), x, y)
+    assert bool(res.success.all())
+    ratio = res.distance / ref
+    assert 0.995 <= float(ratio.median()) <= 1.005
+    assert float(ratio.max()) <= 1.02
+    # Gradients at about 3 iterates per sample (the reference: 12-13 iterations of the batch).
+    assert grad_rows[0] <= 3.5 * x.shape[0]
