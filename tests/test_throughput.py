@@ -205,6 +205,7 @@ class DtypeProbe(nn.Module):
         advkit.PGD(norm="l2", eps=0.5, steps=3, precision="bf16"),
         advkit.PGD(norm="linf", eps=0.1, steps=3, precision="bf16", early_stop=True),
         advkit.CW(steps=5, search_steps=2, precision="bf16"),
+        advkit.DeepFool(steps=3, precision="bf16"),
     ],
     ids=repr,
 )

@@ -236,7 +236,7 @@ class Context:
         b, k = classes.shape
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self._forward(xg)
+            logits = self.grad_forward(xg)
             seeds = torch.zeros((k, b, logits.shape[1]), dtype=logits.dtype, device=logits.device)
             seeds.scatter_(2, classes.T.unsqueeze(2), 1.0)
             if relative:

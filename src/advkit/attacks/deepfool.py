@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from advkit import checks
-from advkit.attacks.base import Context, MinNormAttack, keep_best
+from advkit.attacks.base import CompileSpec, Context, MinNormAttack, PrecisionSpec, keep_best
 from advkit.functional import batch_view, clip
 from advkit.norms import L2, Linf, NormSpec
 
@@ -80,6 +80,9 @@ class DeepFool(MinNormAttack):
         refine_steps: bisection steps on the perturbation's scale after the
             attack (default 0: the paper's algorithm).
         eps: optional budget, which turns the attack into a fixed-eps one.
+        precision: model precision in the gradient passes (``"bf16"``,
+            ``"fp16"``; see `advkit.Attack`).
+        compile: run the model compiled (see `advkit.Attack`).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -100,8 +103,10 @@ class DeepFool(MinNormAttack):
         candidates: int = 10,
         refine_steps: int = 0,
         eps: float | None = None,
+        precision: PrecisionSpec = None,
+        compile: CompileSpec = False,
     ) -> None:
-        super().__init__(norm=norm, eps=eps)
+        super().__init__(norm=norm, eps=eps, precision=precision, compile=compile)
         self.steps = checks.check_positive_int(steps, "steps")
         if (
             isinstance(overshoot, bool)
