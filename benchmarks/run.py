@@ -431,6 +431,8 @@ def measure(
     clean_acc = float((clean_pred == y).float().mean())
     for m in methods:
         peak = None
+        for p in user.parameters():  # foolbox accumulates weight gradients: count them anew
+            p.grad = None
         if device.type == "cuda":
             _sync(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -518,7 +520,7 @@ def measure(
 
 
 def make_data(
-    name: str, batch: int, args: argparse.Namespace
+    name: str, batch: int, args: argparse.Namespace, device: torch.device
 ) -> tuple[nn.Module, Tensor, Tensor, str]:
     """The model (CPU, eval) and a batch ``(x, y)``; the last item says what the labels are."""
     spec = _models.MODELS[name]
@@ -534,8 +536,9 @@ def make_data(
         return model, x, y, f"digits test images (trained {args.train_epochs} epochs, {secs:.1f} s)"
     gen = torch.Generator().manual_seed(args.seed + 2)
     x = torch.rand((batch, *spec.input_shape), generator=gen)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    with torch.no_grad():  # on the device: a big model's forward on CPU takes a while
+        y = model.to(device)(x.to(device)).argmax(1).cpu()
+    model.cpu()
     return model, x, y, "random images, labels = the model's clean predictions"
 
 
@@ -773,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in models:
         batches = [int(b) for b in args.batch] if args.batch else [DEFAULT_BATCH[device.type][name]]
         for batch in batches:
-            base, x, y, note = make_data(name, batch, args)
+            base, x, y, note = make_data(name, batch, args, device)
             data_notes[name] = note
             for dtype in args.dtype:
                 for fmt in args.memory_format:
