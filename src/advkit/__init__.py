@@ -1,6 +1,6 @@
 """advkit: correct, fast, composable adversarial attacks for PyTorch."""
 
-from advkit import checks, functional, norms, objectives, targets
+from advkit import checks, distributed, functional, norms, objectives, targets
 from advkit._version import __version__
 from advkit.attacks import (
     BIM,
@@ -51,6 +51,7 @@ __all__ = [
     "UniformNoise",
     "__version__",
     "checks",
+    "distributed",
     "functional",
     "model_guard",
     "norms",

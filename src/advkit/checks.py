@@ -28,6 +28,7 @@ __all__ = [
     "check_logits",
     "check_positive",
     "check_positive_int",
+    "check_sample_ids",
     "check_targets",
     "warn_if_probabilities",
 ]
@@ -188,6 +189,19 @@ def check_generator(generator: Any, device: torch.device) -> None:
             f"generator lives on {generator.device} but the inputs on {device}: create it "
             f"with torch.Generator(device={str(device)!r}).manual_seed(...)."
         )
+
+
+def check_sample_ids(ids: Any, batch: int, device: torch.device) -> Tensor:
+    """Check per-sample ids: a ``(B,)`` integer tensor; returns it as int64 on ``device``."""
+    if not isinstance(ids, Tensor):
+        raise InputError(f"sample_ids must be a (B,) integer tensor, got {type(ids).__name__}.")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise InputError(f"sample_ids must be integers (e.g. dataset indices), got {ids.dtype}.")
+    if tuple(ids.shape) != (batch,):
+        raise InputError(
+            f"sample_ids must have shape ({batch},), one id per input, got {tuple(ids.shape)}."
+        )
+    return ids.detach().to(device=device, dtype=torch.int64)
 
 
 def check_logits(out: Any, batch: int) -> Tensor:

@@ -26,7 +26,9 @@ from torch import Tensor
 
 __all__ = [
     "Bounds",
+    "KeyedGenerator",
     "NormLike",
+    "RandomSource",
     "Scalar",
     "batch_view",
     "clip",
@@ -43,6 +45,9 @@ __all__ = [
     "linf_project",
     "linf_sample",
     "pgd_step",
+    "rand",
+    "randint",
+    "randn",
 ]
 
 Scalar = float | Tensor
@@ -60,6 +65,148 @@ class NormLike(Protocol):
     def direction(self, grad: Tensor) -> Tensor: ...
 
     def project(self, delta: Tensor, eps: Scalar) -> Tensor: ...
+
+
+# --------------------------------------------------------------------------- randomness
+
+_MASK64 = (1 << 64) - 1
+
+
+def _i64(c: int) -> int:
+    """An unsigned 64-bit constant as the signed value torch's int64 stores."""
+    c &= _MASK64
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN = _i64(0x9E3779B97F4A7C15)
+_MIX1 = _i64(0xBF58476D1CE4E5B9)
+_MIX2 = _i64(0x94D049BB133111EB)
+
+
+def _shr(z: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 values (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: Tensor) -> Tensor:
+    """The SplitMix64 finalizer (Steele, Lea & Flood, OOPSLA 2014) on int64 tensors.
+
+    Integer multiplication wraps modulo 2**64 on every backend, so the result is
+    the same bit pattern on CPU and CUDA.
+    """
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+class KeyedGenerator:
+    """A counter-based random source whose draws for sample ``i`` depend only on ``(seed, keys[i])``.
+
+    A ``torch.Generator`` hands out one stream for the whole batch, so what a
+    sample receives depends on its position in the batch. This source hashes
+    ``(seed, key, draw number, coordinate)`` with SplitMix64 instead: a sample
+    gets the same random start whatever batch, batch size, device or process
+    it is attacked in, which makes dataset-scale and distributed runs
+    reproducible sample by sample. Pass ``sample_ids=`` to an attack call to
+    use it; keys are typically the samples' indices in the dataset.
+
+    Each draw (``rand``, ``randn``, ``randint``) advances a draw counter, so
+    successive draws (e.g. restarts) differ, and two sources with the same
+    seed and keys give the same sequence of draws.
+
+    Args:
+        seed: any integer.
+        keys: ``(B,)`` integer tensor, one key per sample, on the device where
+            values are drawn.
+
+    Example:
+        >>> a = KeyedGenerator(7, torch.tensor([3, 5]))
+        >>> b = KeyedGenerator(7, torch.tensor([5]))
+        >>> bool((rand((2, 4), a)[1] == rand((1, 4), b)[0]).all())
+        True
+    """
+
+    def __init__(self, seed: int, keys: Tensor) -> None:
+        if keys.ndim != 1 or keys.dtype.is_floating_point or keys.dtype == torch.bool:
+            raise ValueError("keys must be a 1-D integer tensor, one key per sample.")
+        self.seed = int(seed)
+        self.keys = keys.to(torch.int64)
+        self.draws = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where values are drawn."""
+        return self.keys.device
+
+    def bits(self, shape: tuple[int, ...]) -> Tensor:
+        """64 random bits per element of ``shape`` (``shape[0]`` = number of keys), as int64."""
+        if not shape or shape[0] != self.keys.shape[0]:
+            raise ValueError(
+                f"a keyed draw needs shape (B, ...) with B = {self.keys.shape[0]} keys, got {shape}."
+            )
+        self.draws += 1
+        head = _mix(torch.full((), _i64(self.seed), dtype=torch.int64) + _GOLDEN)
+        per_key = _mix(_mix(self.keys ^ head.to(self.keys.device)) + _i64(self.draws * _GOLDEN))
+        n = math.prod(shape[1:])
+        counter = torch.arange(1, n + 1, device=self.device, dtype=torch.int64) * _GOLDEN
+        return _mix(per_key.unsqueeze(1) + counter.unsqueeze(0)).reshape(shape)
+
+
+RandomSource = torch.Generator | KeyedGenerator | None
+"""Where random draws come from: a ``torch.Generator`` (``None``: the global
+one), or a `KeyedGenerator` for per-sample reproducible draws."""
+
+
+def _uniform_from_bits(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """Uniform values in the open interval (0, 1) from 64 random bits."""
+    if dtype == torch.float64:
+        return (_shr(bits, 11).to(torch.float64) + 0.5) * 2.0**-53
+    return ((_shr(bits, 40).to(torch.float32) + 0.5) * 2.0**-24).to(dtype)
+
+
+def rand(
+    shape: tuple[int, ...],
+    generator: RandomSource,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Uniform values in [0, 1) from ``generator`` (a keyed source gives (0, 1))."""
+    if isinstance(generator, KeyedGenerator):
+        return _uniform_from_bits(generator.bits(shape), dtype)
+    return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: RandomSource,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Standard normal values from ``generator`` (Box-Muller for a keyed source)."""
+    if isinstance(generator, KeyedGenerator):
+        wd = torch.float64 if dtype == torch.float64 else torch.float32
+        u1 = _uniform_from_bits(generator.bits(shape), wd)
+        u2 = _uniform_from_bits(generator.bits(shape), wd)
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)).to(dtype)
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+def randint(
+    low: int,
+    high: int,
+    shape: tuple[int, ...],
+    generator: RandomSource,
+    *,
+    dtype: torch.dtype = torch.int64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Integers drawn uniformly from ``[low, high)``."""
+    if isinstance(generator, KeyedGenerator):
+        span = high - low
+        return (_shr(generator.bits(shape), 1) % span + low).to(dtype)
+    return torch.randint(low, high, shape, generator=generator, dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -148,10 +295,10 @@ def linf_direction(grad: Tensor) -> Tensor:
     return grad.sign()
 
 
-def linf_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
+def linf_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tensor:
     """A perturbation drawn uniformly from the Linf ball of radius ``eps``, laid out like ``x``."""
     wd = _work_dtype(x.dtype)
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=wd)
+    u = rand(tuple(x.shape), generator, device=x.device, dtype=wd)
     return _like((2 * u - 1) * _per_sample(eps, x, wd), x)
 
 
@@ -186,7 +333,7 @@ def l2_direction(grad: Tensor) -> Tensor:
     return _rescale(grad, inv)
 
 
-def l2_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
+def l2_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tensor:
     r"""A perturbation drawn uniformly (by volume) from the L2 ball of radius ``eps``.
 
     A Gaussian direction on the unit sphere times a radius
@@ -195,8 +342,8 @@ def l2_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = Non
     """
     wd = _work_dtype(x.dtype)
     b, d = x.shape[0], x[0].numel()
-    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=wd)
-    u = torch.rand((b,), generator=generator, device=x.device, dtype=wd)
+    g = randn(tuple(x.shape), generator, device=x.device, dtype=wd)
+    u = rand((b,), generator, device=x.device, dtype=wd)
     radius = u.pow(1.0 / max(d, 1)) * _per_sample(eps, x, wd).reshape(-1)
     n = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min(torch.finfo(wd).tiny)
     return _like(g * batch_view(radius / n, x.ndim), x)
@@ -268,7 +415,7 @@ def l1_direction(grad: Tensor, q: float = 0.01) -> Tensor:
     return _rescale(s, 1.0 / count.clamp_min(1.0))
 
 
-def l1_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = None) -> Tensor:
+def l1_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tensor:
     r"""A perturbation drawn uniformly (by volume) from the L1 ball of radius ``eps``.
 
     With $E_1, \dots, E_{d+1}$ i.i.d. exponential, the vector
@@ -277,9 +424,9 @@ def l1_sample(x: Tensor, eps: Scalar, *, generator: torch.Generator | None = Non
     """
     wd = _work_dtype(x.dtype)
     b, d = x.shape[0], x[0].numel()
-    e = torch.empty((b, d + 1), device=x.device, dtype=wd).exponential_(generator=generator)
+    e = -torch.log1p(-rand((b, d + 1), generator, device=x.device, dtype=wd))  # Exp(1)
     v = e[:, :d] / e.sum(dim=1, keepdim=True)
-    signs = torch.randint(0, 2, (b, d), generator=generator, device=x.device).to(wd) * 2 - 1
+    signs = randint(0, 2, (b, d), generator, device=x.device).to(wd) * 2 - 1
     v = (v * signs * _per_sample(eps, x, wd).reshape(b, 1)).reshape(x.shape)
     return _like(v, x)
 

@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from advkit import functional as F
@@ -48,9 +47,7 @@ class Norm(ABC):
         """Unit-norm steepest-ascent direction of ``grad`` (0 for a zero gradient)."""
 
     @abstractmethod
-    def sample(
-        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         """A perturbation uniform (by volume) in the ball of radius ``eps``, laid out like ``x``."""
 
     def __str__(self) -> str:
@@ -76,9 +73,7 @@ class Linf(Norm):
     def direction(self, grad: Tensor) -> Tensor:
         return F.linf_direction(grad)
 
-    def sample(
-        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.linf_sample(x, eps, generator=generator)
 
 
@@ -101,9 +96,7 @@ class L2(Norm):
     def direction(self, grad: Tensor) -> Tensor:
         return F.l2_direction(grad)
 
-    def sample(
-        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.l2_sample(x, eps, generator=generator)
 
 
@@ -138,9 +131,7 @@ class L1(Norm):
     def direction(self, grad: Tensor) -> Tensor:
         return F.l1_direction(grad, self.q)
 
-    def sample(
-        self, x: Tensor, eps: F.Scalar, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.l1_sample(x, eps, generator=generator)
 
 

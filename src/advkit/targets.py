@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from advkit.checks import ConfigError
+from advkit.functional import RandomSource, randint
 
 __all__ = ["LeastLikely", "RandomTarget", "Shift", "TargetMap", "least_likely", "random", "shift"]
 
@@ -21,9 +21,7 @@ __all__ = ["LeastLikely", "RandomTarget", "Shift", "TargetMap", "least_likely", 
 class TargetMap(Protocol):
     """The signature of a target map."""
 
-    def __call__(
-        self, logits: Tensor, labels: Tensor, generator: torch.Generator | None
-    ) -> Tensor: ...
+    def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -32,9 +30,7 @@ class Shift:
 
     k: int = 1
 
-    def __call__(
-        self, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource = None) -> Tensor:
         c = logits.shape[1]
         if self.k % c == 0:
             raise ConfigError(
@@ -48,13 +44,9 @@ class Shift:
 class RandomTarget:
     """A class drawn uniformly among the ``C - 1`` wrong ones (see `random`)."""
 
-    def __call__(
-        self, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource = None) -> Tensor:
         c = logits.shape[1]
-        r = torch.randint(
-            1, c, labels.shape, generator=generator, device=labels.device, dtype=labels.dtype
-        )
+        r = randint(1, c, tuple(labels.shape), generator, device=labels.device, dtype=labels.dtype)
         return (labels + r) % c
 
 
@@ -62,9 +54,7 @@ class RandomTarget:
 class LeastLikely:
     """The class with the lowest clean logit other than the label (see `least_likely`)."""
 
-    def __call__(
-        self, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource = None) -> Tensor:
         z = logits.detach().scatter(1, labels.unsqueeze(1), float("inf"))
         return z.argmin(dim=1).to(labels.dtype)
 

@@ -8,22 +8,54 @@ scores the returned tensor. Subclasses only implement ``run``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from advkit import checks
-from advkit.functional import Bounds, Scalar, clip
+from advkit.functional import Bounds, KeyedGenerator, RandomSource, Scalar, clip
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import Norm, NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy
 from advkit.result import AttackResult
 from advkit.targets import TargetMap
 
-__all__ = ["Attack", "Context", "MinNormAttack", "TargetSpec"]
+__all__ = ["Attack", "CompileSpec", "Context", "MinNormAttack", "PrecisionSpec", "TargetSpec"]
+
+PrecisionSpec = Literal["fp32", "bf16", "fp16"] | None
+"""The precision of the model's forward and backward passes inside an attack."""
+
+CompileSpec = bool | Literal["default", "reduce-overhead", "max-autotune"]
+"""Whether (and in which ``torch.compile`` mode) the model runs compiled inside an attack."""
+
+_AUTOCAST: dict[str | None, torch.dtype | None] = {
+    None: None,
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+# One compiled module per (model, mode); compiled code is traced inside the model guard,
+# with the parameters frozen, so its backward computes no weight gradient.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Callable[[Tensor], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _compiled(model: nn.Module, mode: str) -> Callable[[Tensor], Any]:
+    per_model = _COMPILED.setdefault(model, {})
+    if mode not in per_model:
+        per_model[mode] = torch.compile(
+            model, mode=None if mode == "default" else mode, dynamic=False
+        )
+    return per_model[mode]
+
 
 TargetSpec = Tensor | TargetMap | None
 """``None`` (untargeted), a ``(B,)`` tensor of classes, or a target map."""
@@ -42,7 +74,11 @@ class Context:
         norm: the threat model.
         bounds: the input box.
         objective: the attacker's objective (higher is better).
-        generator: the source of all randomness of this call.
+        generator: the source of all randomness of this call: a
+            ``torch.Generator``, or a `advkit.functional.KeyedGenerator` when
+            the call was given ``sample_ids``.
+        autocast: the reduced precision of gradient passes (``torch.bfloat16``,
+            ``torch.float16``) or ``None`` for the inputs' own dtype.
         clean_logits: ``(B, C)`` logits on ``x0``.
     """
 
@@ -55,7 +91,9 @@ class Context:
         eps: Scalar | None,
         norm: Norm,
         objective: Objective,
-        generator: torch.Generator,
+        generator: RandomSource,
+        autocast: torch.dtype | None = None,
+        compile: CompileSpec = False,
     ) -> None:
         self.model = model
         self.x0 = x0
@@ -66,6 +104,13 @@ class Context:
         self.bounds: Bounds = model.bounds
         self.objective = objective
         self.generator = generator
+        self.autocast = autocast
+        self._graph_steps = compile == "reduce-overhead" and x0.device.type == "cuda"
+        self._grad_model: Callable[[Tensor], Any] = (
+            model
+            if compile is False
+            else _compiled(model, "default" if compile is True else compile)
+        )
         self.forward_passes = 0
         self.backward_passes = 0
         self.clean_logits = self.logits(x0)
@@ -81,14 +126,43 @@ class Context:
         out: Tensor = self.model(x)
         return out
 
+    @contextlib.contextmanager
+    def _reduced_precision(self, device: torch.device) -> Iterator[None]:
+        if self.autocast is None:
+            yield
+        else:
+            with torch.autocast(device_type=device.type, dtype=self.autocast):
+                yield
+
+    def grad_forward(self, x: Tensor) -> Tensor:
+        """The forward pass of a gradient step: logits at ``x`` with autograd on.
+
+        Runs the model in the attack's ``precision`` (autocast) and, if asked
+        for, compiled; the logits come back in ``float32`` (or ``x``'s dtype
+        when that is wider), so losses and everything after them stay exact.
+        """
+        self.forward_passes += 1
+        if self._graph_steps:
+            # CUDA graphs replay into static buffers: tell the graph trees a new step begins.
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+        with torch.enable_grad(), self._reduced_precision(x.device):
+            out: Tensor = self._grad_model(x)
+        if self.autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        return out
+
     def logits(self, x: Tensor) -> Tensor:
-        """Model outputs on ``x`` without autograd (one forward pass)."""
+        """Model outputs on ``x`` without autograd (one forward pass, in full precision)."""
         with torch.no_grad():
             return self._forward(x)
 
-    def loss(self, logits: Tensor) -> Tensor:
-        """The objective per sample, ``(B,)``."""
-        out = self.objective(logits, self.labels, self.targets)
+    def loss(self, logits: Tensor, index: Tensor | None = None) -> Tensor:
+        """The objective per sample, ``(B,)``; ``index`` selects the samples of ``logits``."""
+        labels, targets = self.labels, self.targets
+        if index is not None:
+            labels = labels.index_select(0, index)
+            targets = None if targets is None else targets.index_select(0, index)
+        out = self.objective(logits, labels, targets)
         if out.shape != (logits.shape[0],):
             raise checks.ConfigError(
                 f"the objective must return one value per sample, shape ({logits.shape[0]},), "
@@ -96,16 +170,20 @@ class Context:
             )
         return out
 
-    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def value_and_grad(
+        self, x: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Objective, its gradient with respect to the input only, and the logits at ``x``.
 
-        One forward and one backward pass. Parameters are frozen by the guard,
-        so no weight gradient is computed.
+        One forward and one backward pass (in the attack's precision, see
+        `grad_forward`). Parameters are frozen by the guard, so no weight
+        gradient is computed. ``index`` selects the samples ``x`` belongs to,
+        for attacks that work on a subset of the batch.
         """
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self._forward(xg)
-            loss = self.loss(logits)
+            logits = self.grad_forward(xg)
+            loss = self.loss(logits, index)
             grads: tuple[Tensor | None, ...] = torch.autograd.grad(
                 loss.sum(), xg, allow_unused=True
             )
@@ -178,6 +256,19 @@ class Attack(ABC):
             space); a call's ``eps=`` overrides it.
         objective: ``(logits, labels, targets) -> (B,)``, higher is better for
             the attacker; see `advkit.objectives`.
+        precision: ``None`` or ``"fp32"`` (default): the model runs in the
+            inputs' dtype. ``"bf16"`` / ``"fp16"``: the forward and backward
+            passes of gradient steps run under ``torch.autocast`` in that
+            precision, while the perturbation, the step, the projection and the
+            loss stay in the inputs' dtype, and ``success`` is decided by a
+            full-precision forward on the returned ``x_adv``.
+        compile: ``False`` (default), ``True`` or a ``torch.compile`` mode
+            (``"reduce-overhead"`` uses CUDA graphs on GPU): run the model's
+            forward and backward of gradient steps compiled. Worth it for
+            small, launch-bound models with a fixed batch shape; the first
+            call per model and batch shape pays the compilation. Parameters
+            are frozen while tracing, so the compiled backward computes no
+            weight gradient.
     """
 
     def __init__(
@@ -186,7 +277,20 @@ class Attack(ABC):
         norm: NormSpec = "linf",
         eps: float | None = None,
         objective: Objective = cross_entropy,
+        precision: PrecisionSpec = None,
+        compile: CompileSpec = False,
     ) -> None:
+        if precision not in _AUTOCAST:
+            raise checks.ConfigError(
+                f"precision must be None, 'fp32', 'bf16' or 'fp16', got {precision!r}."
+            )
+        if compile not in (False, True, "default", "reduce-overhead", "max-autotune"):
+            raise checks.ConfigError(
+                "compile must be False, True or a torch.compile mode ('default', "
+                f"'reduce-overhead', 'max-autotune'), got {compile!r}."
+            )
+        self.precision: PrecisionSpec = None if precision == "fp32" else precision
+        self.compile: CompileSpec = compile
         self.norm: Norm = resolve_norm(norm)
         if isinstance(eps, Tensor):
             raise checks.ConfigError(
@@ -207,8 +311,18 @@ class Attack(ABC):
     def _settings(self) -> dict[str, Any]:
         return {"norm": str(self.norm), "eps": self.eps}
 
+    def _execution(self) -> dict[str, Any]:
+        """How the attack runs (not what it computes); shown when not the default."""
+        out: dict[str, Any] = {}
+        if self.precision is not None:
+            out["precision"] = self.precision
+        if self.compile is not False:
+            out["compile"] = self.compile
+        return out
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        settings = {**self._settings(), **self._execution()}
+        args = ", ".join(f"{k}={v!r}" for k, v in settings.items())
         return f"{type(self).__name__}({args})"
 
     @abstractmethod
@@ -230,6 +344,7 @@ class Attack(ABC):
         targets: TargetSpec = None,
         eps: float | Tensor | None = None,
         generator: torch.Generator | None = None,
+        sample_ids: Tensor | None = None,
         keep_mode: bool = False,
     ) -> AttackResult:
         """Attack ``model`` on inputs ``x`` with labels ``y``.
@@ -245,6 +360,13 @@ class Attack(ABC):
                 tensor of per-sample budgets (e.g. an eps sweep over copies of a batch).
             generator: source of randomness; the same seeded generator gives
                 the same result. The global RNG is never used.
+            sample_ids: optional ``(B,)`` integer ids of the samples (e.g. their
+                indices in the dataset). With them every random draw of sample
+                ``i`` (random start, random target) depends only on the
+                generator's seed (``generator.initial_seed()``) and
+                ``sample_ids[i]``, not on the batch it is in: results are the
+                same sample by sample whatever the batch size, the order or the
+                number of processes (see `advkit.functional.KeyedGenerator`).
             keep_mode: keep the model's train/eval mode instead of switching
                 to eval mode (e.g. adversarial training with train-mode BatchNorm).
                 Buffers are restored either way.
@@ -276,6 +398,11 @@ class Attack(ABC):
         if generator is None:
             generator = torch.Generator(device=x.device)
             generator.seed()
+        source: RandomSource = generator
+        if sample_ids is not None:
+            source = KeyedGenerator(
+                generator.initial_seed(), checks.check_sample_ids(sample_ids, batch, x.device)
+            )
         if not isinstance(y, Tensor):
             raise checks.LabelError(f"labels must be a torch.Tensor, got {type(y).__name__}.")
         if isinstance(targets, Tensor):
@@ -291,7 +418,9 @@ class Attack(ABC):
                 eps=budget,
                 norm=self.norm,
                 objective=self.objective,
-                generator=generator,
+                generator=source,
+                autocast=_AUTOCAST[self.precision],
+                compile=self.compile,
             )
             clean = checks.check_logits(ctx.clean_logits, batch)
             checks.warn_if_probabilities(clean)
@@ -304,7 +433,7 @@ class Attack(ABC):
                             "targets must be None, a tensor of classes or a target map such "
                             f"as advkit.targets.shift(1), got {type(targets).__name__}."
                         )
-                    targets = targets(clean, labels, generator)
+                    targets = targets(clean, labels, source)
                 ctx.targets = checks.check_targets(targets, labels, num_classes)
 
             x_adv, logits = self.run(ctx)
@@ -315,7 +444,8 @@ class Attack(ABC):
                 # A budgeted minimal-norm attack: the point found, brought into the ball.
                 x_adv = clip(x0 + self.norm.project(x_adv - x0, budget), clf.bounds)
                 logits = None
-            if logits is None or keep_mode:
+            if logits is None or keep_mode or self.precision is not None:
+                # A reduced-precision attack is judged by a full-precision forward.
                 logits = ctx.logits(x_adv)
             success = ctx.is_success(logits)
             distance = self.norm.measure(x_adv - x0)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from advkit import checks
-from advkit.attacks.base import Context, MinNormAttack, keep_best
+from advkit.attacks.base import CompileSpec, Context, MinNormAttack, PrecisionSpec, keep_best
 from advkit.norms import L2, NormSpec, resolve_norm
 from advkit.objectives import margin
 
@@ -45,6 +45,10 @@ class CW(MinNormAttack):
         kappa: confidence $\kappa \ge 0$ required of the margin.
         abort_early: stop a round when the loss stalls.
         eps: optional budget, which turns the attack into a fixed-eps one.
+        precision: model precision in the gradient steps (``"bf16"``,
+            ``"fp16"``; see `advkit.Attack`): the distance, the margin and
+            Adam stay in full precision.
+        compile: run the model compiled (see `advkit.Attack`).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -65,10 +69,12 @@ class CW(MinNormAttack):
         kappa: float = 0.0,
         abort_early: bool = True,
         eps: float | None = None,
+        precision: PrecisionSpec = None,
+        compile: CompileSpec = False,
     ) -> None:
         if not isinstance(resolve_norm(norm), L2):
             raise checks.ConfigError(f"CW is an L2 attack; got norm={norm!r}. Use norm='l2'.")
-        super().__init__(norm=norm, eps=eps)
+        super().__init__(norm=norm, eps=eps, precision=precision, compile=compile)
         self.steps = checks.check_positive_int(steps, "steps")
         self.search_steps = checks.check_positive_int(search_steps, "search_steps")
         self.initial_const = checks.check_positive(initial_const, "initial_const")
@@ -127,7 +133,7 @@ class CW(MinNormAttack):
                 wg = w.detach().requires_grad_(True)
                 with torch.enable_grad():
                     x = to_x(wg)
-                    logits = ctx._forward(x)
+                    logits = ctx.grad_forward(x)
                     dist = (x.to(wd) - x0.to(wd)).flatten(1).pow(2).sum(dim=1)
                     m_now = margin(logits, ctx.labels, ctx.targets).to(wd)
                     loss = dist + const * torch.clamp(self.kappa - m_now, min=0.0)

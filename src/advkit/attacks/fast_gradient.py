@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from advkit._fused import pgd_step
 from advkit.attacks.base import Attack, Context
-from advkit.functional import pgd_step
 
 __all__ = ["FGSM"]
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from advkit import checks
 from advkit.attacks.base import Attack, Context, improves, keep_best
-from advkit.functional import Scalar, batch_view, clip
+from advkit.functional import RandomSource, Scalar, batch_view, clip, rand, randn
 from advkit.norms import NormSpec
 from advkit.objectives import Objective, cross_entropy
 
@@ -32,10 +32,10 @@ class _AdditiveNoise(Attack):
     def _settings(self) -> dict[str, Any]:
         return {**super()._settings(), "restarts": self.restarts}
 
-    def _noise(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def _noise(self, x: Tensor, generator: RandomSource) -> Tensor:
         raise NotImplementedError
 
-    def _on_sphere(self, x: Tensor, eps: Scalar, generator: torch.Generator) -> Tensor:
+    def _on_sphere(self, x: Tensor, eps: Scalar, generator: RandomSource) -> Tensor:
         wd = torch.float64 if x.dtype == torch.float64 else torch.float32
         raw = self._noise(x.to(wd), generator)
         n = self.norm.measure(raw).clamp_min(torch.finfo(wd).tiny)
@@ -69,8 +69,8 @@ class UniformNoise(_AdditiveNoise):
         objective: used only to rank draws that all fail.
     """
 
-    def _noise(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    def _noise(self, x: Tensor, generator: RandomSource) -> Tensor:
+        return rand(tuple(x.shape), generator, device=x.device, dtype=x.dtype) * 2 - 1
 
 
 class GaussianNoise(_AdditiveNoise):
@@ -83,5 +83,5 @@ class GaussianNoise(_AdditiveNoise):
         objective: used only to rank draws that all fail.
     """
 
-    def _noise(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def _noise(self, x: Tensor, generator: RandomSource) -> Tensor:
+        return randn(tuple(x.shape), generator, device=x.device, dtype=x.dtype)

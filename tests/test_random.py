@@ -1,0 +1,109 @@
+"""Per-sample keyed randomness: draws depend on (seed, sample id) only, not on the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import advkit
+from advkit import functional as F
+from advkit.functional import KeyedGenerator
+
+
+def test_keyed_draws_do_not_depend_on_the_batch() -> None:
+    keys = torch.tensor([10, 3, 7, 42])
+    full = KeyedGenerator(5, keys)
+    u, n, r = F.rand((4, 6), full), F.randn((4, 6), full), F.randint(0, 9, (4, 6), full)
+    part = KeyedGenerator(5, keys[[2, 0]])
+    assert torch.equal(F.rand((2, 6), part), u[[2, 0]])
+    assert torch.equal(F.randn((2, 6), part), n[[2, 0]])
+    assert torch.equal(F.randint(0, 9, (2, 6), part), r[[2, 0]])
+
+
+def test_keyed_draws_differ_between_keys_seeds_and_draws() -> None:
+    g = KeyedGenerator(0, torch.tensor([0, 1]))
+    a, b = F.rand((2, 100), g), F.rand((2, 100), g)
+    assert not torch.equal(a[0], a[1])  # keys
+    assert not torch.equal(a, b)  # successive draws
+    other = F.rand((2, 100), KeyedGenerator(1, torch.tensor([0, 1])))
+    assert not torch.equal(other, a)  # seeds
+
+
+def test_keyed_distributions() -> None:
+    g = KeyedGenerator(123, torch.arange(200))
+    u = F.rand((200, 1000), g)
+    assert float(u.min()) > 0.0 and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.005
+    assert abs(float(u.var()) - 1 / 12) < 0.002
+    z = F.randn((200, 1000), g, dtype=torch.float64)
+    assert z.dtype == torch.float64
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    k = F.randint(2, 7, (200, 1000), g)
+    counts = torch.bincount(k.flatten(), minlength=7)[2:].double() / k.numel()
+    assert int(k.min()) == 2 and int(k.max()) == 6
+    assert torch.allclose(counts, torch.full_like(counts, 0.2), atol=0.005)
+
+
+def test_keyed_generator_needs_one_key_per_sample() -> None:
+    g = KeyedGenerator(0, torch.arange(3))
+    with pytest.raises(ValueError, match="3 keys"):
+        F.rand((4, 2), g)
+    with pytest.raises(ValueError, match="integer"):
+        KeyedGenerator(0, torch.zeros(3))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_attack_with_sample_ids_is_batch_independent(norm: str) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    x = torch.rand(6, 3, 2, 2)
+    y = net(x).argmax(1)
+    ids = torch.arange(100, 106)
+    eps = {"linf": 0.05, "l2": 0.3, "l1": 1.0}[norm]
+    # a short step keeps the result close to the random start, so it shows the draws
+    attack = advkit.PGD(norm=norm, eps=eps, steps=2, step_size=eps / 10)
+    full = attack(net, x, y, generator=torch.Generator().manual_seed(9), sample_ids=ids)
+    sub = [4, 1]
+    part = attack(
+        net, x[sub], y[sub], generator=torch.Generator().manual_seed(9), sample_ids=ids[sub]
+    )
+    assert torch.allclose(part.x_adv, full.x_adv[sub], atol=1e-6, rtol=0)
+    # without ids the draws follow the batch position instead
+    plain = attack(net, x[sub], y[sub], generator=torch.Generator().manual_seed(9))
+    assert not torch.allclose(plain.x_adv, full.x_adv[sub], atol=1e-6, rtol=0)
+
+
+def test_random_targets_with_sample_ids() -> None:
+    net = torch.nn.Linear(5, 10)
+    x, y = torch.rand(8, 5), torch.randint(0, 10, (8,))
+    ids = torch.arange(8) * 3
+    attack = advkit.FGSM(norm="linf", eps=0.01)
+    a = attack(
+        net,
+        x,
+        y,
+        targets=advkit.targets.random(),
+        sample_ids=ids,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = attack(
+        net,
+        x[2:5],
+        y[2:5],
+        targets=advkit.targets.random(),
+        sample_ids=ids[2:5],
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert a.targets is not None and b.targets is not None
+    assert torch.equal(a.targets[2:5], b.targets)
+    assert bool((a.targets != y).all())
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [(torch.arange(3), r"shape \(4,\)"), (torch.zeros(4), "integers"), ([0, 1, 2, 3], "tensor")],
+)
+def test_bad_sample_ids(ids: object, match: str) -> None:
+    net = torch.nn.Linear(5, 3)
+    with pytest.raises(advkit.InputError, match=match):
+        advkit.PGD(eps=0.1)(net, torch.rand(4, 5), torch.zeros(4).long(), sample_ids=ids)  # type: ignore[arg-type]

@@ -1,0 +1,340 @@
+"""Throughput features: no host syncs, FLOPs of a step, reduced precision, channels_last,
+the fused step, early stopping and the compiled model path.
+
+Only behaviour is tested here; speed is measured in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+import advkit
+from advkit import _fused
+from advkit import functional as F
+from advkit.attacks import base
+from tests._digits import digits_data, digits_model
+from tests._models import make_batch, make_model
+
+SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::item")
+
+
+def sync_ops(fn: Any) -> Counter[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return Counter({e.key: e.count for e in prof.key_averages() if e.key in SYNC_OPS})
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_step_loop_has_no_host_sync(norm: str, targeted: bool) -> None:
+    """Host syncs come from validation only: more steps add none."""
+    model, shape = make_model("conv")
+    x, y = make_batch(shape, batch=8)
+    kw: dict[str, Any] = {"targets": advkit.targets.shift(1)} if targeted else {}
+
+    def run(steps: int) -> Counter[str]:
+        attack = advkit.PGD(norm=norm, eps=0.3, steps=steps, restarts=2)
+        return sync_ops(
+            lambda: attack(model, x, y, generator=torch.Generator().manual_seed(0), **kw)
+        )
+
+    assert run(6) == run(1)
+
+
+def test_early_stop_syncs_only_every_few_steps() -> None:
+    model, shape = make_model("conv")
+    x, y = make_batch(shape, batch=8)
+
+    def count(steps: int) -> int:
+        attack = advkit.PGD(eps=1e-4, steps=steps, early_stop=True)  # nothing succeeds
+        c = sync_ops(lambda: attack(model, x, y, generator=torch.Generator().manual_seed(0)))
+        return c["aten::nonzero"]
+
+    looks = advkit.PGD._compact_every
+    assert count(1 + 3 * looks) - count(1) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pgd_step_loop_has_no_cuda_sync() -> None:
+    model, shape = make_model("conv")
+    model = model.cuda()
+    x, y = (t.cuda() for t in make_batch(shape, batch=8))
+    attack = advkit.PGD(norm="l2", eps=0.3, steps=3)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ctx = base.Context(
+        model=advkit.wrap(model),
+        x0=x,
+        labels=y,
+        eps=0.3,
+        norm=attack.norm,
+        objective=attack.objective,
+        generator=gen,
+    )
+    with advkit.model_guard(ctx.model):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            attack.run(ctx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+class FlopCount(TorchDispatchMode):
+    """Adds up the FLOPs of every op that torch's flop registry knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        counter = flop_registry.get(func._overloadpacket)
+        if counter is not None:
+            self.flops += counter(*args, **kwargs, out_val=out)
+        return out
+
+
+def conv_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)
+    ).eval()
+
+
+def forward_flops(model: nn.Module, x: Tensor) -> int:
+    with FlopCount() as fc, torch.no_grad():
+        model(x)
+    return fc.flops
+
+
+def attack_flops(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> int:
+    attack = advkit.PGD(eps=0.1, steps=steps)
+    with FlopCount() as fc:
+        attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    return fc.flops
+
+
+def test_one_step_costs_two_forwards_eager() -> None:
+    """forward + input-gradient backward = 2 x forward FLOPs; weight gradients would add 1x."""
+    model = conv_mlp()
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    f = forward_flops(model, x)
+    per_step = (attack_flops(model, x, y, 4) - attack_flops(model, x, y, 1)) / 3
+    assert f > 0
+    assert per_step == pytest.approx(2 * f, rel=0.02)
+
+
+def test_one_step_costs_two_forwards_compiled() -> None:
+    """The compiled path (traced with frozen parameters) costs the same; counted by running
+    its graphs op by op (aot_eager backend) under the FLOP counter."""
+    model = advkit.wrap(conv_mlp())
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    f = forward_flops(model, x)
+    base._COMPILED[model] = {"default": torch.compile(model, backend="aot_eager", dynamic=False)}
+    try:
+
+        def flops(steps: int) -> int:
+            attack = advkit.PGD(eps=0.1, steps=steps, compile=True)
+            attack(model, x, y, generator=torch.Generator().manual_seed(0))  # trace outside
+            with FlopCount() as fc:
+                attack(model, x, y, generator=torch.Generator().manual_seed(0))
+            return fc.flops
+
+        per_step = (flops(4) - flops(1)) / 3
+    finally:
+        del base._COMPILED[model]
+    assert per_step == pytest.approx(2 * f, rel=0.02)
+
+
+def test_compiled_path_matches_eager_and_leaves_the_model_alone() -> None:
+    model, shape = make_model("conv")
+    x, y = make_batch(shape, batch=6)
+    flags = [p.requires_grad for p in model.parameters()]
+    eager = advkit.PGD(norm="l2", eps=0.5, steps=3)(
+        model, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    comp = advkit.PGD(norm="l2", eps=0.5, steps=3, compile=True)(
+        model, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(comp.x_adv, eager.x_adv, atol=1e-5, rtol=1e-5)
+    assert torch.equal(comp.success, eager.success)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+
+
+def test_bad_precision_and_compile() -> None:
+    with pytest.raises(advkit.ConfigError, match="precision"):
+        advkit.PGD(eps=0.1, precision="int8")  # type: ignore[arg-type]
+    with pytest.raises(advkit.ConfigError, match="compile"):
+        advkit.PGD(eps=0.1, compile="fast")  # type: ignore[arg-type]
+    assert "precision='bf16'" in repr(advkit.FGSM(eps=0.1, precision="bf16"))
+    assert "precision" not in repr(advkit.FGSM(eps=0.1, precision="fp32"))
+
+
+# --------------------------------------------------------------------------- bf16
+
+
+class DtypeProbe(nn.Module):
+    """Records the dtype its input arrives in (autocast casts inside the first layer)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net(x)
+        self.seen.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        advkit.FGSM(eps=0.1, precision="bf16"),
+        advkit.PGD(norm="l2", eps=0.5, steps=3, precision="bf16"),
+        advkit.PGD(norm="linf", eps=0.1, steps=3, precision="bf16", early_stop=True),
+        advkit.CW(steps=5, search_steps=2, precision="bf16"),
+    ],
+    ids=repr,
+)
+def test_bf16_attacks_step_in_bf16_and_judge_in_fp32(attack: advkit.Attack) -> None:
+    probe = DtypeProbe(conv_mlp())
+    x, y = torch.rand(6, 3, 6, 6), torch.tensor([0, 1, 2, 3, 4, 0])
+    res = attack(probe, x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.bfloat16 in probe.seen  # gradient passes ran in bf16
+    assert probe.seen[-1] == torch.float32  # the verdict came from a float32 forward
+    assert res.x_adv.dtype == torch.float32
+    with torch.no_grad():
+        ref = probe.net(res.x_adv)
+    assert torch.equal(res.logits, ref)
+    assert torch.equal(res.success, ref.argmax(1) != y)
+    if attack.eps is not None:
+        assert bool((attack.norm.measure(res.x_adv - x) <= attack.eps * (1 + 1e-6)).all())
+    assert bool(((res.x_adv >= 0) & (res.x_adv <= 1)).all())
+
+
+def test_bf16_is_about_as_strong_as_fp32_on_digits() -> None:
+    _, _, x, y = digits_data()
+    x, y, model = x[:200], y[:200], digits_model()
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        attack = advkit.PGD(eps=0.1, steps=10, precision=precision)  # type: ignore[arg-type]
+        accs[precision] = attack(
+            model, x, y, generator=torch.Generator().manual_seed(0)
+        ).robust_accuracy()
+    assert abs(accs["bf16"] - accs["fp32"]) <= 0.03, accs
+
+
+# --------------------------------------------------------------------------- channels_last
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        advkit.FGSM(eps=0.1),
+        advkit.PGD(norm="linf", eps=0.1, steps=2),
+        advkit.PGD(norm="l2", eps=0.5, steps=2, early_stop=True),
+        advkit.PGD(norm="l1", eps=2.0, steps=2),
+        advkit.PGD(norm="linf", eps=0.1, steps=2, precision="bf16"),
+        advkit.DeepFool(steps=3),
+        advkit.CW(steps=3, search_steps=1),
+        advkit.UniformNoise(eps=0.1),
+    ],
+    ids=repr,
+)
+def test_channels_last_end_to_end(attack: advkit.Attack) -> None:
+    model = conv_mlp().to(memory_format=torch.channels_last)
+    x = torch.rand(5, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    res = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert res.x_adv.is_contiguous(memory_format=torch.channels_last)
+    ref = attack(model, x.contiguous(), y, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.x_adv, ref.x_adv, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- fused step
+
+
+@pytest.mark.parametrize("norm", [advkit.Linf(), advkit.L2(), advkit.L1(q=0.1)], ids=str)
+def test_compiled_step_agrees_with_the_reference(norm: advkit.Norm) -> None:
+    """In float64, where the sign of a coordinate is never decided by rounding."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 5, 5, generator=g, dtype=torch.float64)
+    x = (x0 + 0.05 * torch.randn(x0.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    grad = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    step = _fused.compiled_pgd_step()
+    for eps, alpha in [(0.03, 0.01), (torch.linspace(0.01, 0.5, 6, dtype=torch.float64), 0.02)]:
+        kw: dict[str, Any] = {"norm": norm, "eps": eps, "step_size": alpha, "bounds": (0.0, 1.0)}
+        torch.testing.assert_close(step(x, x0, grad, **kw), F.pgd_step(x, x0, grad, **kw))
+
+
+def test_dispatcher_uses_the_reference_on_cpu() -> None:
+    x = torch.rand(2, 3)
+    out = _fused.pgd_step(
+        x, x, torch.ones(2, 3), norm=advkit.Linf(), eps=0.1, step_size=0.1, bounds=(0, 1)
+    )
+    ref = F.pgd_step(
+        x, x, torch.ones(2, 3), norm=advkit.Linf(), eps=0.1, step_size=0.1, bounds=(0, 1)
+    )
+    assert torch.equal(out, ref)
+    assert not _fused._worth_fusing(x)
+
+
+# --------------------------------------------------------------------------- early stop
+
+
+class BatchSizes(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.sizes: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.sizes.append(x.shape[0])
+        out: Tensor = self.net(x)
+        return out
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_early_stop_finds_the_same_successes_and_shrinks_the_batch(norm: str) -> None:
+    _, _, x, y = digits_data()
+    x, y = x[:200], y[:200]
+    eps = 0.1 if norm == "linf" else 1.0
+    probe = BatchSizes(digits_model())
+    common = {"norm": norm, "eps": eps, "steps": 12, "restarts": 2}
+    full = advkit.PGD(**common)(probe, x, y, generator=torch.Generator().manual_seed(0))
+    probe.sizes.clear()
+    fast = advkit.PGD(**common, early_stop=True)(
+        probe, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    # The same samples are broken (up to a sample whose trajectory a different batch
+    # composition changed by rounding).
+    assert (fast.success != full.success).sum() <= 1
+    assert 0.2 < fast.success_rate < 1.0
+    # Samples that succeed stop moving: their result is a successful iterate, feasible.
+    assert bool((fast.distance <= eps * (1 + 1e-5)).all())
+    allowed = {math.ceil(200 / 2**k) for k in range(9)}
+    assert set(probe.sizes) <= allowed
+    assert min(probe.sizes) < 200
+    assert sum(probe.sizes) < 0.8 * 200 * (2 * 12 + 3)
+
+
+def test_early_stop_skips_restarts_once_everything_succeeds() -> None:
+    probe = BatchSizes(conv_mlp())
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    res = advkit.PGD(eps=1.0, steps=8, restarts=5, early_stop=True)(
+        probe, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    assert bool(res.success.all())
+    assert len(probe.sizes) < 8
