@@ -425,9 +425,10 @@ def measure(
         if rnd + 1 >= args.min_repeats and time.perf_counter() - t_start > args.budget_s:
             break
 
-    # One more untimed call per method: peak memory and the points whose strength is measured.
+    # One more untimed call per method: peak memory and the points whose strength is measured,
+    # judged by the model in full precision (the model as deployed) whatever the attack ran in.
     with torch.no_grad():
-        clean_pred = frozen_view(x).argmax(1)
+        clean_pred = frozen(x).argmax(1)
     clean_acc = float((clean_pred == y).float().mean())
     for m in methods:
         peak = None
@@ -446,7 +447,7 @@ def measure(
         xa = _x_adv(out) if m.library != "bare" else None
         if xa is not None:
             with torch.no_grad():
-                pred = frozen_view(xa).argmax(1)
+                pred = frozen(xa).argmax(1)
             dist = (xa.float() - x.float()).abs().flatten(1).amax(1)
             m.record["success_rate"] = float((pred != y).float().mean())
             m.record["max_linf"] = float(dist.max())

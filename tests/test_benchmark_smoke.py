@@ -9,7 +9,6 @@ them, and must still succeed.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import subprocess
 import sys
@@ -18,39 +17,38 @@ from typing import Any
 
 import pytest
 
-import advkit
-
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 PEERS = {"torchattacks": "torchattacks", "foolbox": "foolbox", "adv-lib": "adv_lib"}
 
 # Runs run.main in a fresh interpreter; the first argument says which peers to hide
-# (a None entry in sys.modules makes `import` raise ImportError) and whether to give
-# advkit.PGD the upcoming keyword options (accepted and ignored) to exercise those rows.
+# (a None entry in sys.modules makes `import` raise ImportError) and whether to replace
+# advkit.PGD by one without the speed options (an older advkit) to exercise the skip path.
 DRIVER = """
 import json, sys
-hide, fake = json.loads(sys.argv[1])
+hide, old = json.loads(sys.argv[1])
 for name in hide:
     sys.modules[name] = None
 sys.path.insert(0, {bench!r})
 import advkit
-if fake:
+if old:
     class PGD(advkit.PGD):
-        def __init__(self, *a, early_stop=False, precision="fp32", **k):
-            super().__init__(*a, **k)
+        def __init__(self, norm="linf", eps=None, steps=10, step_size=None, random_init=True):
+            super().__init__(norm=norm, eps=eps, steps=steps, step_size=step_size,
+                             random_init=random_init)
     advkit.PGD = PGD
 import run
 run.main(sys.argv[2:])
 """
 
 
-def _run(tmp_path: Path, hide: list[str], fake: bool, *args: str) -> tuple[dict[str, Any], str]:
+def _run(tmp_path: Path, hide: list[str], old: bool, *args: str) -> tuple[dict[str, Any], str]:
     driver = DRIVER.format(bench=str(ROOT / "benchmarks"))
     cmd = [
         sys.executable,
         "-c",
         driver,
-        json.dumps([hide, fake]),
+        json.dumps([hide, old]),
         "--quick",
         "--device",
         "cpu",
@@ -98,18 +96,11 @@ def test_quick_run_without_peers(tmp_path: Path) -> None:
         assert adv["ratio_to_bare"] == pytest.approx(adv["median_ms"] / bare["median_ms"])
         assert adv["ratio_to_peers"] == {}
         assert adv["peak_memory_mib"] is None  # no GPU: reported as n/a, not made up
-    # Options the installed advkit lacks are skipped with a message; the others are measured.
-    pgd_params = inspect.signature(advkit.PGD).parameters
-    if "early_stop" in pgd_params:
-        assert "advkit, early_stop" in _rows(record, "pgd")
-    else:
-        assert "has no PGD(early_stop=True)" in out
-        assert "advkit, early_stop" not in _rows(record, "pgd")
-    if "precision" in pgd_params:
-        assert "advkit" in _rows(record, "pgd", "bf16")
-    else:
-        assert "has no PGD(precision='bf16')" in out
-        assert set(_rows(record, "pgd", "bf16")) == {"bare loop"}
+    # The speed options get their rows, each against the matching bare loop.
+    assert _rows(record, "pgd")["advkit, early_stop"]["baseline"] == "bare loop"
+    assert {"bare loop", "advkit", "advkit, early_stop"} <= set(_rows(record, "pgd", "bf16"))
+    assert "advkit" in _rows(record, "fgsm", "bf16")
+    assert "has no FGSM(early_stop=True)" in out  # FGSM has no early stop: skipped, said so
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("<!-- run.py:cpu:begin -->")
     assert readme.rstrip().endswith("<!-- run.py:cpu:end -->")
@@ -139,16 +130,15 @@ def test_quick_run_with_installed_peers(tmp_path: Path) -> None:
             )
 
 
-def test_upcoming_advkit_options_get_rows(tmp_path: Path) -> None:
-    """With an advkit whose PGD takes early_stop / precision, those rows are measured."""
-    args = ("--attacks", "pgd", "--peers", "none", "--dtype", "fp32,bf16")
-    record, out = _run(tmp_path, [], True, *args, "--variants", "early_stop", "--steps", "3")
-    assert "skipping" not in out
-    for dtype in ("fp32", "bf16"):
-        rows = _rows(record, "pgd", dtype)
-        assert set(rows) == {"bare loop", "advkit", "advkit, early_stop"}
-        assert rows["advkit, early_stop"]["baseline"] == "bare loop"
-        assert rows["bare loop"]["forward_per_sample"] == 3
+def test_options_missing_from_advkit_are_skipped(tmp_path: Path) -> None:
+    """An advkit without early_stop / precision: those rows are skipped with a message."""
+    args = ("--attacks", "pgd", "--peers", "none", "--dtype", "fp32,bf16", "--steps", "3")
+    record, out = _run(tmp_path, [], True, *args, "--variants", "early_stop")
+    assert "has no PGD(early_stop=True)" in out
+    assert "has no PGD(precision='bf16')" in out
+    assert set(_rows(record, "pgd")) == {"bare loop", "advkit"}
+    assert set(_rows(record, "pgd", "bf16")) == {"bare loop"}
+    assert _rows(record, "pgd")["bare loop"]["forward_per_sample"] == 3
 
 
 def test_readme_block_replaced_between_markers(
