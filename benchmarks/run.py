@@ -88,6 +88,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reduce-overhead": {"compile": "reduce-overhead"},
 }
 COMPILE_MODE = {"compile": "default", "reduce-overhead": "reduce-overhead"}
+NOT_ATTACKS = ("bare", "reference")  # rows that return no adversarial points
 
 
 # --------------------------------------------------------------------------- models
@@ -287,6 +288,19 @@ def bare_method(
     return Method(name, "bare", torch.__version__, name, settings, model, run, name, countable)
 
 
+def forward_method(model: nn.Module) -> Method:
+    """One no-grad forward: what each extra scoring forward pass of an attack costs."""
+
+    def run(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            out: Tensor = m(x)
+        return out
+
+    name = "one no-grad forward"
+    settings = "with torch.no_grad(): model(x), for the floor of the extra forward passes"
+    return Method(name, "reference", torch.__version__, name, settings, model, run, "bare loop")
+
+
 def peer_methods(
     attack: str,
     args: argparse.Namespace,
@@ -383,6 +397,7 @@ def measure(
             continue
         methods.append(got)
     methods += peer_methods(cfg.attack, args, user_view, frozen_view, messages, versions)
+    methods.append(forward_method(frozen_view))
 
     label = f"{cfg.model} b{cfg.batch} {cfg.dtype} {cfg.memory_format} {cfg.attack}"
     errors: dict[str, str] = {}
@@ -444,7 +459,7 @@ def measure(
         else:
             out = m.run(m.model, x, y)
         m.record["peak_memory_mib"] = peak
-        xa = _x_adv(out) if m.library != "bare" else None
+        xa = _x_adv(out) if m.library not in NOT_ATTACKS else None
         if xa is not None:
             with torch.no_grad():
                 pred = frozen(xa).argmax(1)
@@ -489,10 +504,18 @@ def measure(
         row["times_ms"] = ms
         rows.append(row)
     # advkit / each peer (medians; below 1: advkit is faster).
-    peers_rows = [r for r in rows if r["library"] not in ("advkit", "bare")]
+    peers_rows = [r for r in rows if r["library"] not in ("advkit", *NOT_ATTACKS)]
     for r in rows:
         if r["library"] == "advkit":
             r["ratio_to_peers"] = {p["method"]: r["median_ms"] / p["median_ms"] for p in peers_rows}
+    # What the extra forward passes alone cost: 1 + (forwards - k) x F / bare, F one no-grad
+    # forward; advkit's time above this is its update, bookkeeping and overhead.
+    fwd = next((r for r in rows if r["library"] == "reference"), None)
+    bare_row = next((r for r in rows if r["method"] == "bare loop"), None)
+    for r in rows:
+        if fwd and bare_row and r["library"] != "reference" and "forward_per_sample" in r:
+            extra = r["forward_per_sample"] - steps
+            r["floor_from_extra_forwards"] = 1 + extra * fwd["median_ms"] / bare_row["median_ms"]
     adv = next((r for r in rows if r["method"] == "advkit"), None)
     if adv is not None:
         for p in peers_rows:
@@ -563,11 +586,21 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "advkit": advkit.__version__,
         "advkit_commit": _git_commit(),
     }
+    with contextlib.suppress(OSError, AttributeError):
+        # Other jobs on the machine distort CPU timings: say how busy it was.
+        info["load_average_1_5_15min_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _git_commit() -> str | None:
@@ -603,6 +636,13 @@ def _passes(r: dict[str, Any]) -> str:
     return "-"
 
 
+def _load_note(mi: dict[str, Any]) -> str:
+    start, end = mi.get("load_average_1min_at_start"), mi.get("load_average_1_5_15min_at_end")
+    if start is None or end is None:
+        return ""
+    return f"; load average {start} at the start, {end[0]} at the end (1 min)"
+
+
 def markdown(record: dict[str, Any]) -> str:
     """The Markdown block for the README: command, machine, one table, footnotes."""
     mi = record["machine"]
@@ -613,7 +653,9 @@ def markdown(record: dict[str, Any]) -> str:
         f"Machine: {hw}; {mi['cpu_count']} CPUs, torch threads {mi['torch_threads']}; "
         f"torch {mi['torch']}"
         + (f", CUDA {mi['cuda']}" if "cuda" in mi else "")
-        + f"; Python {mi['python']}; advkit {mi['advkit']} ({mi['advkit_commit']}).",
+        + f"; Python {mi['python']}; advkit {mi['advkit']} ({mi['advkit_commit']})"
+        + _load_note(mi)
+        + ".",
         "Peers: "
         + (", ".join(f"{k} {v}" for k, v in record["peers"].items()) or "none requested")
         + ".",
@@ -623,8 +665,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"timed runs per method ({record['settings']['timer']}).",
         "",
         "| model | batch | prec. | format | attack | method | median ms | IQR ms | img/s "
-        "| x bare | advkit / this | fwd / bwd per sample | peak MiB | success |",
-        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| x bare | pass floor | advkit / this | fwd / bwd per sample | peak MiB | success |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in record["groups"]:
         attack = g["attack"].upper() + (f"-{g['steps']}" if g["attack"] == "pgd" else "")
@@ -642,6 +684,9 @@ def markdown(record: dict[str, Any]) -> str:
                 f"{_fmt_ms(r['q1_ms'])}-{_fmt_ms(r['q3_ms'])}",
                 f"{r['images_per_s']:.0f}",
                 f"{r['ratio_to_bare']:.2f}" if "ratio_to_bare" in r else "-",
+                f"{r['floor_from_extra_forwards']:.2f}"
+                if "floor_from_extra_forwards" in r
+                else "-",
                 vs,
                 _passes(r),
                 "n/a" if peak is None else f"{peak:.0f}",
@@ -651,9 +696,12 @@ def markdown(record: dict[str, Any]) -> str:
     notes = [
         "",
         '"x bare": median time / the bare loop\'s of the same configuration (the compiled bare '
-        "loop for compiled rows); \"advkit / this\": advkit's median / this peer's (below 1: "
-        "advkit is faster). Success: the returned points misclassified by the model, evaluated "
-        "by the script on the same batch; the clean accuracy of each configuration is in the JSON.",
+        'loop for compiled rows); "pass floor": what "x bare" would be if the row\'s forward '
+        "passes beyond k cost one no-grad forward each and nothing else did (counted rows); "
+        "\"advkit / this\": advkit's median / this peer's (below 1: "
+        "advkit is faster). Success: the fraction of the returned points the model misclassifies, "
+        "judged by the script with the model in float32 on the same batch (clean accuracy, raw "
+        "times and settings are in the JSON).",
     ]
     if record["messages"]:
         notes += ["", "Skipped: " + "; ".join(record["messages"]) + "."]
@@ -770,6 +818,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     models = args.models or list(DEFAULT_MODELS[device.type])
     t0 = time.perf_counter()
+    load_start = _load()
     messages: list[str] = []
     versions: dict[str, str] = {}
     groups = []
@@ -802,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "elapsed_s": elapsed,
         "device": device.type,
-        "machine": machine_info(device),
+        "machine": {**machine_info(device), "load_average_1min_at_start": load_start},
         "settings": {
             "eps": args.eps,
             "step_size": args.step_size,
