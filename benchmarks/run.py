@@ -185,6 +185,11 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Median over the timed rounds of ``a``'s time / ``b``'s time in the same round."""
+    return statistics.median(x / y for x, y in zip(a["times_ms"], b["times_ms"], strict=False))
+
+
 def _quantiles(ms: Sequence[float]) -> tuple[float, float]:
     if len(ms) < 2:
         return ms[0], ms[0]
@@ -411,6 +416,8 @@ def measure(
                 errors[m.name] = f"{type(err).__name__}: {err}"
                 print(f"[{label}] {m.name}: failed, dropped ({errors[m.name]})", flush=True)
                 methods.remove(m)
+                if device.type == "cuda":  # e.g. out of memory: give the others a clean slate
+                    torch.cuda.empty_cache()
                 break
             if i == 0:
                 m.first_call_s = dt_s
@@ -498,9 +505,7 @@ def measure(
         if base_m is not None:
             bms = [1000 * t for t in base_m.times]
             row["ratio_to_bare"] = med / statistics.median(bms)
-            row["ratio_to_bare_paired"] = statistics.median(
-                a / b for a, b in zip(ms, bms, strict=False)
-            )
+            row["ratio_to_bare_paired"] = _paired({"times_ms": ms}, {"times_ms": bms})
         row["times_ms"] = ms
         rows.append(row)
     # advkit / each peer (medians; below 1: advkit is faster).
@@ -508,6 +513,7 @@ def measure(
     for r in rows:
         if r["library"] == "advkit":
             r["ratio_to_peers"] = {p["method"]: r["median_ms"] / p["median_ms"] for p in peers_rows}
+            r["ratio_to_peers_paired"] = {p["method"]: _paired(r, p) for p in peers_rows}
     # What the extra forward passes alone cost: 1 + (forwards - k) x F / bare, F one no-grad
     # forward; advkit's time above this is its update, bookkeeping and overhead.
     fwd = next((r for r in rows if r["library"] == "reference"), None)
@@ -520,6 +526,7 @@ def measure(
     if adv is not None:
         for p in peers_rows:
             p["advkit_over_this"] = adv["median_ms"] / p["median_ms"]
+            p["advkit_over_this_paired"] = _paired(adv, p)
 
     del methods, by_name, user, frozen, user_view, frozen_view
     gc.collect()
@@ -672,7 +679,9 @@ def markdown(record: dict[str, Any]) -> str:
         attack = g["attack"].upper() + (f"-{g['steps']}" if g["attack"] == "pgd" else "")
         for r in g["rows"]:
             peak, ok = r.get("peak_memory_mib"), r.get("success_rate")
-            vs = f"{r['advkit_over_this']:.2f}" if "advkit_over_this" in r else "-"
+            vs = "-"
+            if "advkit_over_this" in r:
+                vs = f"{r['advkit_over_this']:.2f} ({r['advkit_over_this_paired']:.2f})"
             cells = [
                 g["model"],
                 str(g["batch"]),
@@ -683,7 +692,9 @@ def markdown(record: dict[str, Any]) -> str:
                 _fmt_ms(r["median_ms"]),
                 f"{_fmt_ms(r['q1_ms'])}-{_fmt_ms(r['q3_ms'])}",
                 f"{r['images_per_s']:.0f}",
-                f"{r['ratio_to_bare']:.2f}" if "ratio_to_bare" in r else "-",
+                f"{r['ratio_to_bare']:.2f} ({r['ratio_to_bare_paired']:.2f})"
+                if "ratio_to_bare" in r
+                else "-",
                 f"{r['floor_from_extra_forwards']:.2f}"
                 if "floor_from_extra_forwards" in r
                 else "-",
@@ -696,7 +707,9 @@ def markdown(record: dict[str, Any]) -> str:
     notes = [
         "",
         '"x bare": median time / the bare loop\'s of the same configuration (the compiled bare '
-        'loop for compiled rows); "pass floor": what "x bare" would be if the row\'s forward '
+        "loop for compiled rows), and in parentheses the median of the per-round ratios (the "
+        "methods run one after the other in each round, so a change of load between rounds "
+        'moves both sides of such a ratio); "pass floor": what "x bare" would be if the row\'s forward '
         "passes beyond k cost one no-grad forward each and nothing else did (counted rows); "
         "\"advkit / this\": advkit's median / this peer's (below 1: "
         "advkit is faster). Success: the fraction of the returned points the model misclassifies, "
