@@ -62,7 +62,7 @@ def _placeholder(name: str) -> bool:
     return True
 
 
-def _per_model(factory: Callable[[nn.Module], Any]) -> Callable[[nn.Module], Any]:
+def per_model(factory: Callable[[nn.Module], Any]) -> Callable[[nn.Module], Any]:
     """Build a library's attack object once per model object (construction is not timed twice)."""
     cache: dict[int, tuple[nn.Module, Any]] = {}
 
@@ -86,12 +86,12 @@ def torchattacks_runners(attack: str, eps: float, alpha: float, steps: int) -> l
         settings = (
             f"torchattacks.PGD(eps={eps:.6g}, alpha={alpha:.6g}, steps={steps}, random_start=True)"
         )
-        get = _per_model(
+        get = per_model(
             lambda m: torchattacks.PGD(m, eps=eps, alpha=alpha, steps=steps, random_start=True)
         )
     elif attack == "fgsm":
         settings = f"torchattacks.FGSM(eps={eps:.6g})"
-        get = _per_model(lambda m: torchattacks.FGSM(m, eps=eps))
+        get = per_model(lambda m: torchattacks.FGSM(m, eps=eps))
     else:
         return []
 
@@ -117,7 +117,7 @@ def foolbox_runners(attack: str, eps: float, alpha: float, steps: int) -> list[R
         settings = f"foolbox.attacks.FGSM(), epsilons={eps:.6g}"
     else:
         return []
-    get = _per_model(lambda m: fb.PyTorchModel(m, bounds=(0, 1), device=_device_of(m)))
+    get = per_model(lambda m: fb.PyTorchModel(m, bounds=(0, 1), device=_device_of(m)))
 
     def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         _raw, clipped, _ok = fb_attack(get(model), x, y, epsilons=eps)

@@ -218,19 +218,6 @@ class Method:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _per_model(factory: Callable[[nn.Module], Any]) -> Callable[[nn.Module], Any]:
-    cache: dict[int, tuple[nn.Module, Any]] = {}
-
-    def get(model: nn.Module) -> Any:
-        hit = cache.get(id(model))
-        if hit is None or hit[0] is not model:
-            hit = (model, factory(model))
-            cache[id(model)] = hit
-        return hit[1]
-
-    return get
-
-
 def advkit_method(
     attack: str,
     variant: str,
@@ -262,7 +249,7 @@ def advkit_method(
     else:
         obj = advkit.FGSM(norm="linf", eps=args.eps, **extra)
     gen = torch.Generator(device=device)
-    wrapped = _per_model(lambda m: advkit.wrap(m, bounds=(0, 1)))
+    wrapped = _peers.per_model(lambda m: advkit.wrap(m, bounds=(0, 1)))
     seed = args.seed
 
     def run(m: nn.Module, x: Tensor, y: Tensor) -> advkit.AttackResult:
