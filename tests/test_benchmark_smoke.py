@@ -78,10 +78,16 @@ def test_quick_run_without_peers(tmp_path: Path) -> None:
     for peer in PEERS:
         assert f"{peer}: skipped" in out, out
         assert record["peers"][peer].startswith("not available")
-    for attack, fwd, bwd in (("pgd", 12, 10), ("fgsm", 3, 1)):
+    for attack, fwd, bwd in (("pgd", 12, 10), ("fgsm", 2, 1)):
         rows = _rows(record, attack)
-        assert {"bare loop", "advkit"} <= set(rows)
+        assert {"bare loop", "advkit", "one no-grad forward"} <= set(rows)
         bare, adv = rows["bare loop"], rows["advkit"]
+        assert (
+            rows["one no-grad forward"]["forward_per_sample"],
+            rows["one no-grad forward"]["backward_per_sample"],
+        ) == (1, 0)
+        assert "success_rate" not in rows["one no-grad forward"]
+        assert adv["floor_from_extra_forwards"] > 1
         k = 10 if attack == "pgd" else 1
         assert (bare["forward_per_sample"], bare["backward_per_sample"]) == (k, k)
         # The counting wrapper sees what advkit reports about itself.
@@ -136,8 +142,8 @@ def test_options_missing_from_advkit_are_skipped(tmp_path: Path) -> None:
     record, out = _run(tmp_path, [], True, *args, "--variants", "early_stop")
     assert "has no PGD(early_stop=True)" in out
     assert "has no PGD(precision='bf16')" in out
-    assert set(_rows(record, "pgd")) == {"bare loop", "advkit"}
-    assert set(_rows(record, "pgd", "bf16")) == {"bare loop"}
+    assert set(_rows(record, "pgd")) == {"bare loop", "advkit", "one no-grad forward"}
+    assert set(_rows(record, "pgd", "bf16")) == {"bare loop", "one no-grad forward"}
     assert _rows(record, "pgd")["bare loop"]["forward_per_sample"] == 3
 
 
