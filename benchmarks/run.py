@@ -89,6 +89,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 COMPILE_MODE = {"compile": "default", "reduce-overhead": "reduce-overhead"}
 NOT_ATTACKS = ("bare", "reference")  # rows that return no adversarial points
+STEADY_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+ENV_KEYS = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # --------------------------------------------------------------------------- models
@@ -271,25 +273,35 @@ def advkit_method(
 
 
 def bare_method(
-    name: str, model: nn.Module, steps: int, mark_step: bool = False, countable: bool = True
+    name: str,
+    model: nn.Module,
+    steps: int,
+    point: Tensor,
+    where: str,
+    mark_step: bool = False,
+    countable: bool = True,
 ) -> Method:
-    def run(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return bare_loop(m, x, y, steps, mark_step)
+    """The bare loop on ``point`` (whatever inputs the method is called with)."""
 
-    settings = f"{steps} x (forward + autograd.grad(CE sum, x)), parameters frozen, eval mode"
+    def run(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return bare_loop(m, point, y, steps, mark_step)
+
+    settings = (
+        f"{steps} x (forward + autograd.grad(CE sum, input)) {where}, parameters frozen, eval mode"
+    )
     return Method(name, "bare", torch.__version__, name, settings, model, run, name, countable)
 
 
-def forward_method(model: nn.Module) -> Method:
+def forward_method(model: nn.Module, point: Tensor, where: str) -> Method:
     """One no-grad forward: what each extra scoring forward pass of an attack costs."""
 
     def run(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():
-            out: Tensor = m(x)
+            out: Tensor = m(point)
         return out
 
     name = "one no-grad forward"
-    settings = "with torch.no_grad(): model(x), for the floor of the extra forward passes"
+    settings = f"with torch.no_grad(): model(input) {where}, the price of an extra forward pass"
     return Method(name, "reference", torch.__version__, name, settings, model, run, "bare loop")
 
 
@@ -369,7 +381,18 @@ def measure(
     else:
         user_view, frozen_view = user, frozen
 
-    methods: list[Method] = [bare_method("bare loop", frozen_view, steps)]
+    # Where the bare loop differentiates: PGD's iterates lie in the eps-ball around x, not at
+    # x, and on the CPU some kernels (max-pooling, for one) run measurably faster on clean
+    # images with large constant regions than on perturbed ones; so PGD's floor is measured at
+    # one fixed random point of the ball (drawn like a random start), FGSM's at x itself.
+    if cfg.attack == "pgd":
+        gen = torch.Generator(device=device).manual_seed(args.seed + 3)
+        noise = torch.rand(x.shape, generator=gen, device=device, dtype=x.dtype)
+        point = (x + (2 * noise - 1) * args.eps).clamp(0, 1).contiguous(memory_format=fmt)
+        where = "at a fixed random point of the eps-ball around x"
+    else:
+        point, where = x, "at x"
+    methods: list[Method] = [bare_method("bare loop", frozen_view, steps, point, where)]
     for variant in args.variants:
         baseline = "bare loop"
         if variant in COMPILE_MODE:
@@ -378,7 +401,9 @@ def measure(
             # Parameters are frozen before tracing, so the compiled backward skips weight grads.
             compiled = torch.compile(frozen_view, mode=mode)
             mark = mode == "reduce-overhead" and device.type == "cuda"
-            methods.append(bare_method(baseline, compiled, steps, mark, countable=False))
+            methods.append(
+                bare_method(baseline, compiled, steps, point, where, mark, countable=False)
+            )
         got = advkit_method(cfg.attack, variant, cfg.dtype, user, args, device, baseline)
         if isinstance(got, str):
             if got not in messages:
@@ -389,7 +414,7 @@ def measure(
             continue
         methods.append(got)
     methods += peer_methods(cfg.attack, args, user_view, frozen_view, messages, versions)
-    methods.append(forward_method(frozen_view))
+    methods.append(forward_method(frozen_view, point, where))
 
     label = f"{cfg.model} b{cfg.batch} {cfg.dtype} {cfg.memory_format} {cfg.attack}"
     errors: dict[str, str] = {}
@@ -580,6 +605,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "advkit": advkit.__version__,
         "advkit_commit": _git_commit(),
     }
+    # Settings that change CPU timings a lot (the allocator's, the thread pools').
+    env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+    if env:
+        info["environment"] = env
     with contextlib.suppress(OSError, AttributeError):
         # Other jobs on the machine distort CPU timings: say how busy it was.
         info["load_average_1_5_15min_at_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -817,6 +846,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # Every configuration compiles new module objects; keep dynamo from giving up on them.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     models = args.models or list(DEFAULT_MODELS[device.type])
+    if (
+        device.type == "cpu"
+        and sys.platform.startswith("linux")
+        and not any(k in os.environ for k in ("GLIBC_TUNABLES", "LD_PRELOAD"))
+    ):
+        print(
+            "note: glibc's malloc hands large freed blocks back to the OS, so every pass pays "
+            "page faults that vary from run to run; for steadier CPU timings run with "
+            f"GLIBC_TUNABLES={STEADY_MALLOC}",
+            flush=True,
+        )
     t0 = time.perf_counter()
     load_start = _load()
     messages: list[str] = []
@@ -847,7 +887,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     record: dict[str, Any] = {
         "benchmark": "throughput",
-        "command": " ".join(["python benchmarks/run.py", *cli]),
+        "command": " ".join(
+            [
+                *(f"{k}={os.environ[k]}" for k in ENV_KEYS if k in os.environ),
+                "python benchmarks/run.py",
+                *cli,
+            ]
+        ),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "elapsed_s": elapsed,
         "device": device.type,
