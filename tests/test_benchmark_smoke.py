@@ -78,7 +78,7 @@ def test_quick_run_without_peers(tmp_path: Path) -> None:
     for peer in PEERS:
         assert f"{peer}: skipped" in out, out
         assert record["peers"][peer].startswith("not available")
-    for attack, fwd, bwd in (("pgd", 12, 10), ("fgsm", 2, 1)):
+    for attack, fwd, bwd in (("pgd", 11, 10), ("fgsm", 2, 1)):
         rows = _rows(record, attack)
         assert {"bare loop", "advkit", "one no-grad forward"} <= set(rows)
         bare, adv = rows["bare loop"], rows["advkit"]

@@ -357,3 +357,94 @@ def test_attacks_starting_at_the_clean_input_reuse_the_clean_pass() -> None:
     # In reduced precision the clean pass is a full-precision verdict of its own.
     half = advkit.FGSM(eps=0.05, precision="bf16")(model, x, y)
     assert (half.forward_passes, half.backward_passes) == (3, 1)
+
+
+class Recorder(nn.Module):
+    """Records every input the model sees."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seen: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x.detach().clone())
+        out: Tensor = self.net(x)
+        return out
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+@pytest.mark.parametrize("targets", [None, "tensor", "shift", "random"])
+def test_pgd_from_a_random_start_makes_no_clean_pass(restarts: int, targets: str | None) -> None:
+    """PGD-k from a random start costs k forward + backward passes and one forward to score
+    the last iterate of each restart; the model never sees the clean input."""
+    probe = Recorder(conv_mlp())
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    spec: Any = {
+        None: None,
+        "tensor": (y + 2) % 5,
+        "shift": advkit.targets.shift(1),
+        "random": advkit.targets.random(),
+    }[targets]
+    res = advkit.PGD(eps=0.05, steps=4, restarts=restarts)(
+        probe, x, y, targets=spec, generator=torch.Generator().manual_seed(0)
+    )
+    assert (res.forward_passes, res.backward_passes) == (restarts * 5, restarts * 4)
+    assert len(probe.seen) == restarts * 5
+    assert not any(torch.equal(seen, x) for seen in probe.seen)
+    if targets == "shift":
+        assert torch.equal(res.targets, (y + 1) % 5)  # type: ignore[arg-type]
+    if targets == "random":
+        assert res.targets is not None and bool((res.targets != y).all())
+    # Without a random start the clean input is the first iterate, from one shared pass.
+    probe.seen.clear()
+    res = advkit.PGD(eps=0.05, steps=4, random_init=False)(probe, x, y, targets=spec)
+    assert (res.forward_passes, res.backward_passes) == (5, 4)
+    assert torch.equal(probe.seen[0], x)
+
+
+def test_target_maps_that_read_the_clean_logits_get_them() -> None:
+    """least_likely() and user maps (no ``uses_logits = False``) see the clean logits: PGD
+    then makes the one clean pass they need."""
+    net = conv_mlp()
+    probe = Recorder(net)
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        clean = net(x)
+    handed: list[Tensor] = []
+
+    def second_best(logits: Tensor, labels: Tensor, generator: Any) -> Tensor:
+        handed.append(logits)
+        return logits.scatter(1, labels.unsqueeze(1), -math.inf).argmax(dim=1)
+
+    attack = advkit.PGD(eps=0.05, steps=3)
+    res = attack(probe, x, y, targets=second_best)
+    assert res.forward_passes == 1 + 4
+    assert torch.equal(probe.seen[0], x)
+    torch.testing.assert_close(handed[0], clean)
+    ll = attack(net, x, y, targets=advkit.targets.least_likely())
+    expected = clean.scatter(1, y.unsqueeze(1), math.inf).argmin(dim=1)
+    assert torch.equal(ll.targets, expected)  # type: ignore[arg-type]
+    assert ll.forward_passes == 1 + 4
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: advkit.PGD(eps=0.1, steps=2),  # checks on the first iterate's pass
+        lambda: advkit.PGD(eps=0.1, steps=2, random_init=False),  # on the clean graph pass
+        lambda: advkit.FGSM(eps=0.1, precision="bf16"),  # on a no-grad clean pass
+        lambda: advkit.DeepFool(steps=2, candidates=3),
+    ],
+    ids=["random-start", "clean-graph", "clean-forward", "minimal-norm"],
+)
+def test_every_way_a_call_begins_checks_outputs_labels_and_targets(make: Any) -> None:
+    model, x, y = conv_mlp(), torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(advkit.checks.LabelError, match=r"must lie in \[0, 4\]"):
+        make()(model, x, y + 5)
+    with pytest.raises(advkit.checks.LabelError, match="targets equal the true labels"):
+        make()(model, x, y, targets=y.clone())
+    with pytest.raises(advkit.checks.ModelOutputError, match="C >= 2"):
+        make()(nn.Sequential(model, nn.Linear(5, 1)), x, y.clamp(max=0))
+    with pytest.warns(advkit.checks.ProbabilityOutputWarning):
+        make()(nn.Sequential(model, nn.Softmax(dim=1)), x, y)

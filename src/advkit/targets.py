@@ -3,12 +3,18 @@
 A target map is a callable ``(logits, labels, generator) -> Tensor[B]`` that
 receives the model's logits on the clean inputs. Pass one (or an explicit
 tensor of classes) as ``targets=`` when calling an attack.
+
+A map that reads only the number of classes from ``logits`` may say so with a
+class attribute ``uses_logits = False``: an attack that needs no forward pass
+on the clean inputs (PGD with a random start) then hands it the logits of its
+first forward pass instead of paying for a clean one. Maps without the
+attribute get the clean logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from torch import Tensor
 
@@ -29,6 +35,7 @@ class Shift:
     """Targets ``(labels + k) % C`` (see `shift`)."""
 
     k: int = 1
+    uses_logits: ClassVar[bool] = False
 
     def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource = None) -> Tensor:
         c = logits.shape[1]
@@ -44,6 +51,8 @@ class Shift:
 class RandomTarget:
     """A class drawn uniformly among the ``C - 1`` wrong ones (see `random`)."""
 
+    uses_logits: ClassVar[bool] = False
+
     def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource = None) -> Tensor:
         c = logits.shape[1]
         r = randint(1, c, tuple(labels.shape), generator, device=labels.device, dtype=labels.dtype)
@@ -53,6 +62,8 @@ class RandomTarget:
 @dataclass(frozen=True)
 class LeastLikely:
     """The class with the lowest clean logit other than the label (see `least_likely`)."""
+
+    uses_logits: ClassVar[bool] = True
 
     def __call__(self, logits: Tensor, labels: Tensor, generator: RandomSource = None) -> Tensor:
         z = logits.detach().scatter(1, labels.unsqueeze(1), float("inf"))

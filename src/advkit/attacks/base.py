@@ -60,6 +60,17 @@ def _compiled(model: nn.Module, mode: str) -> Callable[[Tensor], Any]:
 TargetSpec = Tensor | TargetMap | None
 """``None`` (untargeted), a ``(B,)`` tensor of classes, or a target map."""
 
+CleanPass = Literal["forward", "graph", "none"]
+"""How an attack call begins (see `Attack._clean_pass`): a no-grad forward on the clean
+inputs, a forward with autograd whose graph serves the first gradient, or no clean pass."""
+
+
+def _needs_clean_logits(targets: TargetSpec) -> bool:
+    """Whether resolving ``targets`` needs the model's logits on the clean inputs."""
+    if targets is None or isinstance(targets, Tensor):
+        return False
+    return bool(getattr(targets, "uses_logits", True))
+
 
 class Context:
     """Everything one attack call works with; counts the model's passes.
@@ -79,7 +90,14 @@ class Context:
             the call was given ``sample_ids``.
         autocast: the reduced precision of gradient passes (``torch.bfloat16``,
             ``torch.float16``) or ``None`` for the inputs' own dtype.
-        clean_logits: ``(B, C)`` logits on ``x0``.
+        clean_logits: ``(B, C)`` logits on ``x0`` (computed on first use when the
+            call began without a clean pass).
+
+    The call's checks of the model's output, of the labels' range and of the
+    targets need the number of classes, hence one forward pass: they run on
+    the first forward pass the attack makes, whichever point it is at (with
+    ``clean_pass="none"``, the first iterate of a random start), before any
+    objective or gradient is computed.
     """
 
     def __init__(
@@ -94,7 +112,8 @@ class Context:
         generator: RandomSource,
         autocast: torch.dtype | None = None,
         compile: CompileSpec = False,
-        grad_at_clean: bool = False,
+        targets: TargetSpec = None,
+        clean_pass: CleanPass = "forward",
     ) -> None:
         self.model = model
         self.x0 = x0
@@ -114,17 +133,50 @@ class Context:
         )
         self.forward_passes = 0
         self.backward_passes = 0
+        self._target_spec = targets
+        self._admitted = False
+        self._clean_logits: Tensor | None = None
         # An attack whose first gradient is taken at the clean input gets it from the clean
         # forward pass itself (kept with its graph), not from a second forward. Only in full
         # precision: the clean logits are a verdict.
         self._clean_graph: tuple[Tensor, Tensor] | None = None
-        if grad_at_clean and autocast is None:
+        if clean_pass == "none" and _needs_clean_logits(targets):
+            clean_pass = "forward"  # a target map that reads the clean logits
+        if clean_pass == "graph" and autocast is None:
             xg = x0.detach().requires_grad_(True)
             logits = self.grad_forward(xg)
             self._clean_graph = (xg, logits)
-            self.clean_logits = logits.detach()
-        else:
-            self.clean_logits = self.logits(x0)
+            self._clean_logits = logits.detach()
+        elif clean_pass != "none":
+            self._clean_logits = self.logits(x0)
+
+    @property
+    def clean_logits(self) -> Tensor:
+        """``(B, C)`` logits on ``x0``: one no-grad forward pass the first time it is needed
+        if the call began without one."""
+        if self._clean_logits is None:
+            self._clean_logits = self.logits(self.x0)
+        return self._clean_logits
+
+    def _admit(self, out: Tensor) -> None:
+        """The call's checks on the first model output of the call (any point of the batch):
+        logits of shape ``(B, C)``, labels in ``[0, C)``, targets resolved and valid."""
+        batch = self.x0.shape[0]
+        logits = checks.check_logits(out, batch)
+        checks.warn_if_probabilities(logits)
+        num_classes = logits.shape[1]
+        checks.check_labels(self.labels, batch, num_classes)
+        targets = self._target_spec
+        if targets is not None:
+            if not isinstance(targets, Tensor):
+                if not callable(targets):
+                    raise checks.LabelError(
+                        "targets must be None, a tensor of classes or a target map such "
+                        f"as advkit.targets.shift(1), got {type(targets).__name__}."
+                    )
+                targets = targets(logits.detach(), self.labels, self.generator)
+            self.targets = checks.check_targets(targets, self.labels, num_classes)
+        self._admitted = True
 
     def budget(self) -> Scalar:
         """The budget of a fixed-eps attack (never ``None`` there)."""
@@ -135,6 +187,8 @@ class Context:
     def _forward(self, x: Tensor) -> Tensor:
         self.forward_passes += 1
         out: Tensor = self.model(x)
+        if not self._admitted:
+            self._admit(out)
         return out
 
     @contextlib.contextmanager
@@ -158,6 +212,8 @@ class Context:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         with torch.enable_grad(), self._reduced_precision(x.device):
             out: Tensor = self._grad_model(x)
+        if not self._admitted:
+            self._admit(out)
         if self.autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()
         return out
@@ -328,10 +384,13 @@ class Attack(ABC):
     minimal: ClassVar[bool] = False
     """Whether this is a minimal-norm attack (see `MinNormAttack`)."""
 
-    def _grad_at_clean(self) -> bool:
-        """Whether ``run`` takes its first gradient at the clean input (``ctx.x0`` itself),
-        so that the clean forward pass can serve it."""
-        return False
+    def _clean_pass(self) -> CleanPass:
+        """How a call begins: ``"forward"`` (default), a no-grad forward on the clean
+        inputs; ``"graph"``, for a ``run`` that takes its first gradient at the clean input
+        (``ctx.x0`` itself), a forward with autograd whose graph serves that gradient;
+        ``"none"``, for a ``run`` that never needs the clean logits (the call's checks then
+        run on its first forward pass, see `Context`)."""
+        return "forward"
 
     def _settings(self) -> dict[str, Any]:
         return {"norm": str(self.norm), "eps": self.eps}
@@ -446,23 +505,12 @@ class Attack(ABC):
                 generator=source,
                 autocast=_AUTOCAST[self.precision],
                 compile=self.compile,
-                grad_at_clean=self._grad_at_clean(),
+                targets=targets,
+                clean_pass=self._clean_pass(),
             )
-            clean = checks.check_logits(ctx.clean_logits, batch)
-            checks.warn_if_probabilities(clean)
-            num_classes = clean.shape[1]
-            checks.check_labels(labels, batch, num_classes)
-            if targets is not None:
-                if not isinstance(targets, Tensor):
-                    if not callable(targets):
-                        raise checks.LabelError(
-                            "targets must be None, a tensor of classes or a target map such "
-                            f"as advkit.targets.shift(1), got {type(targets).__name__}."
-                        )
-                    targets = targets(clean, labels, source)
-                ctx.targets = checks.check_targets(targets, labels, num_classes)
-
             x_adv, logits = self.run(ctx)
+            if not ctx._admitted:  # a run that never ran the model: its forward checks the call
+                _ = ctx.clean_logits
             x_adv = x_adv.detach()
             if x_adv.stride() != x0.stride():  # keep the caller's memory format
                 x_adv = torch.empty_like(x0).copy_(x_adv)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from advkit._fused import pgd_step
-from advkit.attacks.base import Attack, Context
+from advkit.attacks.base import Attack, CleanPass, Context
 
 __all__ = ["FGSM"]
 
@@ -35,8 +35,8 @@ class FGSM(Attack):
         tensor([0.1000, 0.1000, 0.1000])
     """
 
-    def _grad_at_clean(self) -> bool:
-        return True
+    def _clean_pass(self) -> CleanPass:
+        return "graph"
 
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
         _, grad, _ = ctx.value_and_grad(ctx.x0)

@@ -11,6 +11,7 @@ from advkit import checks
 from advkit._fused import pgd_step
 from advkit.attacks.base import (
     Attack,
+    CleanPass,
     CompileSpec,
     Context,
     PrecisionSpec,
@@ -39,7 +40,13 @@ class PGD(Attack):
     normalized gradient for L2, SLIDE's sparse sign for L1) and $L$ the
     objective. Every iterate is scored: per sample the attack returns the best
     point seen over all steps and restarts (a successful one first, then the
-    highest objective), so a success found at any step is never lost.
+    highest objective), so a success found at any step is never lost. Each
+    iterate is scored from the forward pass that computes its gradient, and
+    the last one of each restart by one more forward pass: a call makes
+    ``restarts * (steps + 1)`` forward and ``restarts * steps`` backward
+    passes, and nothing else. The candidates are the iterates; the clean
+    input is one of them only without a random start (where it is the first
+    iterate), since scoring it would cost a forward pass of its own.
 
     Args:
         norm: threat model, ``"linf"`` (default), ``"l2"``, ``"l1"`` or a Norm.
@@ -114,8 +121,9 @@ class PGD(Attack):
             return self.step_size
         return eps * (self._default_step_factor / self.steps)
 
-    def _grad_at_clean(self) -> bool:
-        return not self.random_init
+    def _clean_pass(self) -> CleanPass:
+        # From a random start the clean point is not a candidate: no pass on it at all.
+        return "none" if self.random_init else "graph"
 
     def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
         x0, norm, eps, bounds = ctx.x0, ctx.norm, ctx.budget(), ctx.bounds
@@ -142,10 +150,7 @@ class PGD(Attack):
                         break
                     x, x0r, eps_r, alpha_r = _take((x_all, x0, eps, alpha), rows)
                 loss, grad, logits = ctx.value_and_grad(x, rows)
-                if self.random_init or step > 0 or restart > 0:
-                    ok = best.consider(x, logits, loss, rows)
-                else:
-                    ok = ctx.is_success(logits, rows)
+                ok = best.consider(x, logits, loss, rows)
                 x_next = pgd_step(
                     x, x0r, grad, norm=norm, eps=eps_r, step_size=alpha_r, bounds=bounds
                 )
@@ -158,16 +163,25 @@ class PGD(Attack):
 
 
 class _Best:
-    """Per sample, the best point seen so far (a success first, then the highest objective)."""
+    """Per sample, the best point seen so far (a success first, then the highest objective).
+
+    Empty until the first candidate, which is the whole batch: the clean point when the
+    attack starts there, else the first iterate.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.x, self.logits = ctx.x0, ctx.clean_logits
-        self.loss, self.ok = ctx.loss(self.logits), ctx.is_success(self.logits)
+        self.x = self.logits = self.loss = self.ok = torch.empty(0)
+        self.empty = True
 
     def consider(self, x: Tensor, logits: Tensor, loss: Tensor, rows: Tensor | None) -> Tensor:
         """Take the candidates that improve on the best; returns their success, ``(len(x),)``."""
         ok = self.ctx.is_success(logits, rows)
+        if self.empty:
+            if rows is not None:
+                raise RuntimeError("the first candidate must cover the whole batch")
+            self.x, self.logits, self.loss, self.ok, self.empty = x, logits, loss, ok, False
+            return ok
         cur = _take((self.x, self.logits, self.loss, self.ok), rows)
         better = improves(ok, loss, cur[3], cur[2])
         new = keep_best(better, cur, (x, logits, loss, ok))
