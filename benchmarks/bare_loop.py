@@ -4,10 +4,10 @@ A k-step gradient attack cannot cost less than k x (forward + backward to the
 input). This script times that floor as a bare loop (``torch.autograd.grad``
 of the summed cross-entropy w.r.t. the input only, parameters frozen) and
 advkit's ``PGD(norm="linf", steps=k, random_init=True)`` on the same batch and
-model, and reports the ratio. advkit also does one clean forward pass (input
-checks, targets, the starting point's score) and one final forward pass to
-score the last iterate, so a ratio of about ``1 + 2 F / (k (F + B))`` is the
-best it can do; anything above that is the update itself (direction,
+model, and reports the ratio. advkit also does one final forward pass to
+score the last iterate (it makes none on the clean input: the input checks
+run on the first iterate's pass), so a ratio of about ``1 + F / (k (F + B))``
+is the best it can do; anything above that is the update itself (direction,
 projection, clipping, which the bare loop skips), keeping the best iterate
 per sample, input validation and Python overhead.
 
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print(
         f"\nratio advkit / bare loop: {ratio:.2f} (medians), {paired:.2f} (median of paired runs); "
-        f"floor from the {extra_fwd} extra forward passes: {floor_ratio:.2f}. "
+        f"floor from the {extra_fwd} extra forward pass(es): {floor_ratio:.2f}. "
         f"Hand-written PGD / bare loop: {hand['median_ms'] / bare['median_ms']:.2f}.\n"
         f"Success rate: advkit PGD {100 * result.success_rate:.1f}%, hand-written PGD "
         f"(last iterate) {100 * hand_success:.1f}%."

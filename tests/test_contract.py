@@ -133,7 +133,7 @@ def test_contract(
     assert torch.equal(res.success, fresh_success(model, res))
     if targeting == "shift":
         assert torch.equal(res.targets, (y + 1) % NUM_CLASSES)  # type: ignore[arg-type]
-    # Pass counts: one clean forward at least; gradient attacks do backward passes.
+    # Pass counts: a forward and a verdict at least; gradient attacks do backward passes.
     assert res.forward_passes >= 2
     assert (res.backward_passes > 0) == info.gradient
     # Same generator, same result.

@@ -164,8 +164,9 @@ def test_model_output_not_logits(setup: Any, module: nn.Module, match: str) -> N
 def test_probability_outputs_warn(setup: Any) -> None:
     model, x, y = setup
     probs = nn.Sequential(model, nn.Softmax(dim=1))
-    with pytest.warns(checks.ProbabilityOutputWarning, match="look like probabilities"):
+    with pytest.warns(checks.ProbabilityOutputWarning, match="look like probabilities") as rec:
         attack()(probs, x, y)
+    assert rec[0].filename == __file__  # the warning points at the caller's line
 
 
 def test_objective_with_wrong_shape(setup: Any) -> None:

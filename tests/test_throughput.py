@@ -354,9 +354,12 @@ def test_attacks_starting_at_the_clean_input_reuse_the_clean_pass() -> None:
     loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
     (g,) = torch.autograd.grad(loss, xg)
     assert torch.equal(fgsm.x_adv, (x + 0.05 * g.sign()).clamp(0, 1))
-    # In reduced precision the clean pass is a full-precision verdict of its own.
+    # In reduced precision the bf16 gradient pass at the clean input runs the call's checks,
+    # and the verdict on x_adv is a full-precision forward: still 2 forward passes.
     half = advkit.FGSM(eps=0.05, precision="bf16")(model, x, y)
-    assert (half.forward_passes, half.backward_passes) == (3, 1)
+    assert (half.forward_passes, half.backward_passes) == (2, 1)
+    bim_half = advkit.BIM(eps=0.05, steps=5, precision="bf16")(model, x, y)
+    assert (bim_half.forward_passes, bim_half.backward_passes) == (7, 5)  # + verdict
 
 
 class Recorder(nn.Module):

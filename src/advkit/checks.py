@@ -30,6 +30,7 @@ __all__ = [
     "check_positive_int",
     "check_sample_ids",
     "check_targets",
+    "looks_like_probabilities",
     "warn_if_probabilities",
 ]
 
@@ -221,20 +222,28 @@ def check_logits(out: Any, batch: int) -> Tensor:
     return out
 
 
-def warn_if_probabilities(logits: Tensor) -> None:
-    """Warn when every row lies in ``[0, 1]`` and sums to 1 (softmax outputs)."""
+PROBABILITY_MESSAGE = (
+    "the model's outputs look like probabilities (rows in [0, 1] summing to 1); "
+    "attacks expect logits: cross-entropy and margin losses on probabilities give "
+    "weak, saturated gradients. Remove the final softmax or wrap the model with "
+    "advkit.wrap(model, output=torch.log) if only probabilities are available."
+)
+
+
+def looks_like_probabilities(logits: Tensor) -> bool:
+    """Whether every row lies in ``[0, 1]`` and sums to 1 (softmax outputs); a host sync."""
     with torch.no_grad():
         f = logits.float()
         rows = f.sum(dim=1)
-        looks = bool(((f >= 0) & (f <= 1)).all()) and bool(
+        return bool(((f >= 0) & (f <= 1)).all()) and bool(
             torch.allclose(rows, torch.ones_like(rows), atol=1e-3)
         )
-    if looks:
-        warnings.warn(
-            "the model's outputs look like probabilities (rows in [0, 1] summing to 1); "
-            "attacks expect logits: cross-entropy and margin losses on probabilities give "
-            "weak, saturated gradients. Remove the final softmax or wrap the model with "
-            "advkit.wrap(model, output=torch.log) if only probabilities are available.",
-            ProbabilityOutputWarning,
-            stacklevel=4,
-        )
+
+
+def warn_if_probabilities(logits: Tensor, *, stacklevel: int = 2) -> None:
+    """Warn (`ProbabilityOutputWarning`) when ``logits`` look like probabilities.
+
+    ``stacklevel`` counts from the caller of this function, as in `warnings.warn`.
+    """
+    if looks_like_probabilities(logits):
+        warnings.warn(PROBABILITY_MESSAGE, ProbabilityOutputWarning, stacklevel=stacklevel + 1)

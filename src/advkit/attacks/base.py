@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -135,14 +136,18 @@ class Context:
         self.backward_passes = 0
         self._target_spec = targets
         self._admitted = False
+        self.probability_outputs = False  # set by the call's checks (`_admit`)
         self._clean_logits: Tensor | None = None
-        # An attack whose first gradient is taken at the clean input gets it from the clean
-        # forward pass itself (kept with its graph), not from a second forward. Only in full
-        # precision: the clean logits are a verdict.
-        self._clean_graph: tuple[Tensor, Tensor] | None = None
+        if clean_pass == "graph" and autocast is not None:
+            # Reduced-precision logits are no clean verdict: the first gradient pass (at the
+            # clean input) runs the checks instead, and the verdict comes at the end.
+            clean_pass = "none"
         if clean_pass == "none" and _needs_clean_logits(targets):
             clean_pass = "forward"  # a target map that reads the clean logits
-        if clean_pass == "graph" and autocast is None:
+        # An attack whose first gradient is taken at the clean input gets it from the clean
+        # forward pass itself (kept with its graph), not from a second forward.
+        self._clean_graph: tuple[Tensor, Tensor] | None = None
+        if clean_pass == "graph":
             xg = x0.detach().requires_grad_(True)
             logits = self.grad_forward(xg)
             self._clean_graph = (xg, logits)
@@ -163,7 +168,7 @@ class Context:
         logits of shape ``(B, C)``, labels in ``[0, C)``, targets resolved and valid."""
         batch = self.x0.shape[0]
         logits = checks.check_logits(out, batch)
-        checks.warn_if_probabilities(logits)
+        self.probability_outputs = checks.looks_like_probabilities(logits)
         num_classes = logits.shape[1]
         checks.check_labels(self.labels, batch, num_classes)
         targets = self._target_spec
@@ -212,6 +217,10 @@ class Context:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         with torch.enable_grad(), self._reduced_precision(x.device):
             out: Tensor = self._grad_model(x)
+        if self._graph_steps:
+            # A graph's outputs live in buffers its next replay overwrites; the logits are
+            # kept across steps (best-so-far), so they get storage of their own.
+            out = out.clone()
         if not self._admitted:
             self._admit(out)
         if self.autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
@@ -511,6 +520,10 @@ class Attack(ABC):
             x_adv, logits = self.run(ctx)
             if not ctx._admitted:  # a run that never ran the model: its forward checks the call
                 _ = ctx.clean_logits
+            if ctx.probability_outputs:  # pointing at the caller's line
+                warnings.warn(
+                    checks.PROBABILITY_MESSAGE, checks.ProbabilityOutputWarning, stacklevel=2
+                )
             x_adv = x_adv.detach()
             if x_adv.stride() != x0.stride():  # keep the caller's memory format
                 x_adv = torch.empty_like(x0).copy_(x_adv)
