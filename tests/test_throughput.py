@@ -172,6 +172,32 @@ def test_compiled_path_matches_eager_and_leaves_the_model_alone() -> None:
     assert model.training
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: advkit.PGD(norm="l2", eps=0.5, steps=4, restarts=2, compile=c),
+        lambda c: advkit.BIM(eps=0.05, steps=4, compile=c),
+        lambda c: advkit.PGD(eps=0.05, steps=8, early_stop=True, compile=c),
+    ],
+    ids=["pgd-restarts", "bim", "pgd-early-stop"],
+)
+def test_cuda_graph_path_matches_eager(make: Any) -> None:
+    """compile="reduce-overhead" replays CUDA graphs whose output buffers the next replay
+    overwrites: what an attack keeps across steps (best-so-far logits) must not alias them."""
+    model, shape = make_model("conv")
+    model = model.cuda()
+    x, y = (t.cuda() for t in make_batch(shape, batch=6))
+    runs = [
+        make(c)(model, x, y, generator=torch.Generator(device="cuda").manual_seed(0))
+        for c in (False, "reduce-overhead")
+    ]
+    eager, graph = runs
+    torch.testing.assert_close(graph.x_adv, eager.x_adv, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(graph.logits, eager.logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(graph.success, eager.success)
+
+
 def test_bad_precision_and_compile() -> None:
     with pytest.raises(advkit.ConfigError, match="precision"):
         advkit.PGD(eps=0.1, precision="int8")  # type: ignore[arg-type]
