@@ -151,3 +151,15 @@ def test_guard_freezes_parameters_and_sets_eval() -> None:
         assert not m.training and not m[1].training
         assert not any(p.requires_grad for p in m.parameters())
     assert net.training and all(p.requires_grad for p in net.parameters())
+
+
+def test_wrap_follows_the_module_and_the_inputs_device() -> None:
+    """mean/std are made on the module's device, and meet the inputs wherever they are."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten())
+    clf = advkit.wrap(net.to(torch.float64), mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))
+    assert clf.mean is not None and clf.mean.device == next(net.parameters()).device
+    x = torch.rand(2, 3, 1, 1, dtype=torch.float64)
+    expected = net((x - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).double()) / 0.5)
+    torch.testing.assert_close(clf(x), expected)
+    meta = advkit.wrap(torch.nn.Linear(3, 2).to("meta"), mean=(0.1, 0.2, 0.3))
+    assert meta.mean is not None and meta.mean.device.type == "meta"

@@ -6,7 +6,11 @@ Only behaviour is tested here; speed is measured in benchmarks/.
 
 from __future__ import annotations
 
+import copy
+import gc
 import math
+import pickle
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -139,7 +143,7 @@ def test_one_step_costs_two_forwards_compiled() -> None:
     model = advkit.wrap(conv_mlp())
     x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
     f = forward_flops(model, x)
-    base._COMPILED[model] = {"default": torch.compile(model, backend="aot_eager", dynamic=False)}
+    model._compiled["default"] = torch.compile(model, backend="aot_eager", dynamic=False)
     try:
 
         def flops(steps: int) -> int:
@@ -151,7 +155,7 @@ def test_one_step_costs_two_forwards_compiled() -> None:
 
         per_step = (flops(4) - flops(1)) / 3
     finally:
-        del base._COMPILED[model]
+        model._compiled.clear()
     assert per_step == pytest.approx(2 * f, rel=0.02)
 
 
@@ -477,3 +481,48 @@ def test_every_way_a_call_begins_checks_outputs_labels_and_targets(make: Any) ->
         make()(nn.Sequential(model, nn.Linear(5, 1)), x, y.clamp(max=0))
     with pytest.warns(advkit.checks.ProbabilityOutputWarning):
         make()(nn.Sequential(model, nn.Softmax(dim=1)), x, y)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        advkit.PGD(eps=0.05, steps=2, precision="bf16"),
+        advkit.FGSM(eps=0.05, precision="bf16"),
+        advkit.DeepFool(steps=2, candidates=3, precision="bf16"),
+    ],
+    ids=["pgd", "fgsm", "deepfool"],
+)
+def test_reduced_precision_attacks_run_under_no_grad(attack: advkit.Attack) -> None:
+    """The cast of autocast logits to float32 stays differentiable under torch.no_grad()."""
+    model, x, y = conv_mlp(), torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        res = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    ref = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.x_adv, ref.x_adv)
+
+
+def test_compiled_models_are_cached_on_the_wrapper_and_die_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One compile per wrapper and mode, reused across calls; no global reference keeps the
+    wrapper (or its compiled graphs) alive."""
+    compiled: list[nn.Module] = []
+
+    def fake_compile(module: nn.Module, **kwargs: Any) -> nn.Module:
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    clf = advkit.wrap(conv_mlp())
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        advkit.PGD(eps=0.05, steps=2, compile=True)(clf, x, y)
+    advkit.PGD(eps=0.05, steps=2, compile="max-autotune")(clf, x, y)
+    assert compiled == [clf, clf]
+    assert set(clf._compiled) == {"default", "max-autotune"}
+    assert copy.deepcopy(clf)._compiled == {}
+    assert pickle.loads(pickle.dumps(clf))._compiled == {}
+    ref = weakref.ref(clf)
+    del clf, compiled[:]
+    gc.collect()
+    assert ref() is None

@@ -185,7 +185,9 @@ def check_generator(generator: Any, device: torch.device) -> None:
         return
     if not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}.")
-    if generator.device.type != device.type:
+    g = generator.device
+    same_index = g.type != "cuda" or (g.index or 0) == (device.index or 0)
+    if g.type != device.type or not same_index:
         raise ConfigError(
             f"generator lives on {generator.device} but the inputs on {device}: create it "
             f"with torch.Generator(device={str(device)!r}).manual_seed(...)."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -90,6 +91,12 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def _on_cpu(item: Any) -> bool:
+    """Whether a dataset item holds CPU tensors only (they can be pinned for fast copies)."""
+    parts = item if isinstance(item, (tuple, list)) else (item,)
+    return all(p.device.type == "cpu" for p in parts if isinstance(p, Tensor))
 
 
 def _comm_device() -> torch.device:

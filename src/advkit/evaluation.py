@@ -35,6 +35,7 @@ from advkit import checks
 from advkit.attacks.base import Attack
 from advkit.distributed import (
     ShardSampler,
+    _on_cpu,
     all_gather_rows,
     all_reduce_max,
     all_reduce_sum,
@@ -571,12 +572,6 @@ def _batches(
     return loader, sampler.indices, n
 
 
-def _on_cpu(item: Any) -> bool:
-    """Whether a dataset item holds CPU tensors only (they can be pinned for fast copies)."""
-    parts = item if isinstance(item, (tuple, list)) else (item,)
-    return all(p.device.type == "cpu" for p in parts if isinstance(p, Tensor))
-
-
 def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         x, y = batch[0], batch[1]
@@ -890,7 +885,9 @@ def _comm(dev: torch.device) -> torch.device:
     import torch.distributed as dist
 
     if rank_world()[1] > 1 and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
+        # This rank's GPU: the one it computes on (not the current device, which is GPU 0
+        # on every rank unless the program called torch.cuda.set_device).
+        return dev if dev.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 

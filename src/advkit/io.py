@@ -1042,7 +1042,7 @@ def _attack_shards(
         batch_sampler=[list(range(a, b)) for _, a, b in plan],
         collate_fn=collate,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and distributed._on_cpu(data[plan[0][1]]),
     )
     levels = _levels(clf.bounds, torch.float32)  # replaced by the inputs' dtype below
     target_table = targets.to(torch.int64) if isinstance(targets, Tensor) else None

@@ -16,6 +16,7 @@ raises.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -96,8 +97,21 @@ class Classifier(nn.Module):
         self.module = module
         self.bounds = (lo, hi)
         self.output = output
+        # On the module's device, so that wrap(net.cuda(), mean=...) works without a .cuda().
+        home = next(itertools.chain(module.parameters(), module.buffers()), None)
+        if home is not None:
+            m = None if m is None else m.to(home.device)
+            s = None if s is None else s.to(home.device)
         self.register_buffer("mean", m, persistent=False)
         self.register_buffer("std", s, persistent=False)
+        # Compiled versions of this wrapper, by torch.compile mode (see advkit.Attack's
+        # compile=): a plain dict, not a submodule, left out of pickles and copies.
+        self._compiled: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_compiled"] = {}
+        return state
 
     def _stat(self, t: Tensor, x: Tensor) -> Tensor:
         if t.ndim == 1 and t.numel() > 1:
@@ -107,7 +121,7 @@ class Classifier(nn.Module):
                     f"{x.shape[1] if x.ndim > 1 else 'no'} channels (dim 1)."
                 )
             t = t.reshape(1, -1, *([1] * (x.ndim - 2)))
-        return t.to(dtype=x.dtype)
+        return t.to(device=x.device, dtype=x.dtype)
 
     def normalize(self, x: Tensor) -> Tensor:
         """``(x - mean) / std`` (identity where they are not set)."""

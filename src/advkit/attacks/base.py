@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
@@ -42,20 +41,16 @@ _AUTOCAST: dict[str | None, torch.dtype | None] = {
     "fp16": torch.float16,
 }
 
-# One compiled module per (model, mode); compiled code is traced inside the model guard,
-# with the parameters frozen, so its backward computes no weight gradient.
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Callable[[Tensor], Any]]] = (
-    weakref.WeakKeyDictionary()
-)
 
-
-def _compiled(model: nn.Module, mode: str) -> Callable[[Tensor], Any]:
-    per_model = _COMPILED.setdefault(model, {})
-    if mode not in per_model:
-        per_model[mode] = torch.compile(
-            model, mode=None if mode == "default" else mode, dynamic=False
-        )
-    return per_model[mode]
+def _compiled(model: Classifier, mode: str) -> Callable[[Tensor], Any]:
+    """``torch.compile(model, mode=...)``, cached on the wrapper itself (so that it lives
+    and dies with it). Traced inside the model guard, with the parameters frozen, so its
+    backward computes no weight gradient. ``dynamic=None``: the first batch shape is
+    compiled static, and a second one (early stopping's smaller batches) once for all sizes."""
+    cache: dict[str, Callable[[Tensor], Any]] = model._compiled
+    if mode not in cache:
+        cache[mode] = torch.compile(model, mode=None if mode == "default" else mode)
+    return cache[mode]
 
 
 TargetSpec = Tensor | TargetMap | None
@@ -126,7 +121,10 @@ class Context:
         self.objective = objective
         self.generator = generator
         self.autocast = autocast
-        self._graph_steps = compile == "reduce-overhead" and x0.device.type == "cuda"
+        # The modes that replay CUDA graphs (max-autotune does too).
+        self._graph_steps = compile in ("reduce-overhead", "max-autotune") and (
+            x0.device.type == "cuda"
+        )
         self._grad_model: Callable[[Tensor], Any] = (
             model
             if compile is False
@@ -215,16 +213,17 @@ class Context:
         if self._graph_steps:
             # CUDA graphs replay into static buffers: tell the graph trees a new step begins.
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
-        with torch.enable_grad(), self._reduced_precision(x.device):
-            out: Tensor = self._grad_model(x)
-        if self._graph_steps:
-            # A graph's outputs live in buffers its next replay overwrites; the logits are
-            # kept across steps (best-so-far), so they get storage of their own.
-            out = out.clone()
+        with torch.enable_grad():  # also the clone and cast below: they stay differentiable
+            with self._reduced_precision(x.device):
+                out: Tensor = self._grad_model(x)
+            if self._graph_steps:
+                # A graph's outputs live in buffers its next replay overwrites; the logits are
+                # kept across steps (best-so-far), so they get storage of their own.
+                out = out.clone()
+            if self.autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
+                out = out.float()
         if not self._admitted:
             self._admit(out)
-        if self.autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
-            out = out.float()
         return out
 
     def logits(self, x: Tensor) -> Tensor:
@@ -346,14 +345,19 @@ class Attack(ABC):
             passes of gradient steps run under ``torch.autocast`` in that
             precision, while the perturbation, the step, the projection and the
             loss stay in the inputs' dtype, and ``success`` is decided by a
-            full-precision forward on the returned ``x_adv``.
+            full-precision forward on the returned ``x_adv``. Prefer bf16:
+            fp16 has no loss scaling here, and input gradients of confident
+            samples can underflow to zero in an fp16 backward.
         compile: ``False`` (default), ``True`` or a ``torch.compile`` mode
-            (``"reduce-overhead"`` uses CUDA graphs on GPU): run the model's
-            forward and backward of gradient steps compiled. Worth it for
-            small, launch-bound models with a fixed batch shape; the first
-            call per model and batch shape pays the compilation. Parameters
-            are frozen while tracing, so the compiled backward computes no
-            weight gradient.
+            (``"reduce-overhead"`` and ``"max-autotune"`` use CUDA graphs on
+            GPU): run the model's forward and backward of gradient steps
+            compiled. Worth it for small, launch-bound models with a fixed
+            batch shape; the first call per model and batch shape pays the
+            compilation. The compiled model is cached on the wrapper: pass
+            a model wrapped once with `advkit.wrap` (a plain ``nn.Module`` is
+            wrapped, and so compiled, anew in every call). Parameters are
+            frozen while tracing, so the compiled backward computes no weight
+            gradient.
     """
 
     def __init__(
