@@ -10,6 +10,7 @@ import copy
 import gc
 import math
 import pickle
+import warnings
 import weakref
 from collections import Counter
 from typing import Any
@@ -89,6 +90,31 @@ def test_pgd_step_loop_has_no_cuda_sync() -> None:
             attack.run(ctx)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_whole_pgd_call_syncs_a_fixed_number_of_times_on_cuda(norm: str) -> None:
+    """The whole call, checks included (they run on the first iterate's pass): the syncs
+    CUDA reports do not grow with the number of steps."""
+    model, shape = make_model("conv")
+    model = model.cuda()
+    x, y = (t.cuda() for t in make_batch(shape, batch=8))
+
+    def syncs(steps: int) -> int:
+        attack = advkit.PGD(norm=norm, eps=0.3, steps=steps, restarts=2)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        attack(model, x, y, generator=gen)  # warm-up: compiled step, cuDNN choices
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                attack(model, x, y, generator=gen, targets=advkit.targets.shift(1))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in rec)
+
+    assert syncs(6) == syncs(1)
 
 
 class FlopCount(TorchDispatchMode):
