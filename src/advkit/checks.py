@@ -186,7 +186,7 @@ def check_generator(generator: Any, device: torch.device) -> None:
     if not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}.")
     g = generator.device
-    same_index = g.type != "cuda" or (g.index or 0) == (device.index or 0)
+    same_index = g.index is None or device.index is None or g.index == device.index
     if g.type != device.type or not same_index:
         raise ConfigError(
             f"generator lives on {generator.device} but the inputs on {device}: create it "
