@@ -181,6 +181,12 @@ class Context:
             self.targets = checks.check_targets(targets, self.labels, num_classes)
         self._admitted = True
 
+    def ensure_checked(self) -> None:
+        """Run the call's checks now if no forward pass has run them yet (an attack whose
+        ``run`` never ran the model): one forward pass on the clean inputs."""
+        if not self._admitted:
+            self.clean_logits  # noqa: B018  (its forward pass runs the checks)
+
     def budget(self) -> Scalar:
         """The budget of a fixed-eps attack (never ``None`` there)."""
         if self.eps is None:
@@ -522,8 +528,7 @@ class Attack(ABC):
                 clean_pass=self._clean_pass(),
             )
             x_adv, logits = self.run(ctx)
-            if not ctx._admitted:  # a run that never ran the model: its forward checks the call
-                _ = ctx.clean_logits
+            ctx.ensure_checked()
             if ctx.probability_outputs:  # pointing at the caller's line
                 warnings.warn(
                     checks.PROBABILITY_MESSAGE, checks.ProbabilityOutputWarning, stacklevel=2
