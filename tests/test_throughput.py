@@ -351,16 +351,23 @@ def test_dispatcher_uses_the_reference_on_cpu() -> None:
 # --------------------------------------------------------------------------- early stop
 
 
-class BatchSizes(nn.Module):
+class Recorder(nn.Module):
+    """Records every input the model sees."""
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.sizes: list[int] = []
+        self.seen: list[Tensor] = []
 
     def forward(self, x: Tensor) -> Tensor:
-        self.sizes.append(x.shape[0])
+        self.seen.append(x.detach().clone())
         out: Tensor = self.net(x)
         return out
+
+    @property
+    def sizes(self) -> list[int]:
+        """The batch size of every pass."""
+        return [seen.shape[0] for seen in self.seen]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -368,10 +375,10 @@ def test_early_stop_finds_the_same_successes_and_shrinks_the_batch(norm: str) ->
     _, _, x, y = digits_data()
     x, y = x[:200], y[:200]
     eps = 0.1 if norm == "linf" else 1.0
-    probe = BatchSizes(digits_model())
+    probe = Recorder(digits_model())
     common = {"norm": norm, "eps": eps, "steps": 12, "restarts": 2}
     full = advkit.PGD(**common)(probe, x, y, generator=torch.Generator().manual_seed(0))
-    probe.sizes.clear()
+    probe.seen.clear()
     fast = advkit.PGD(**common, early_stop=True)(
         probe, x, y, generator=torch.Generator().manual_seed(0)
     )
@@ -388,7 +395,7 @@ def test_early_stop_finds_the_same_successes_and_shrinks_the_batch(norm: str) ->
 
 
 def test_early_stop_skips_restarts_once_everything_succeeds() -> None:
-    probe = BatchSizes(conv_mlp())
+    probe = Recorder(conv_mlp())
     x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 3])
     res = advkit.PGD(eps=1.0, steps=8, restarts=5, early_stop=True)(
         probe, x, y, generator=torch.Generator().manual_seed(0)
@@ -416,20 +423,6 @@ def test_attacks_starting_at_the_clean_input_reuse_the_clean_pass() -> None:
     assert (half.forward_passes, half.backward_passes) == (2, 1)
     bim_half = advkit.BIM(eps=0.05, steps=5, precision="bf16")(model, x, y)
     assert (bim_half.forward_passes, bim_half.backward_passes) == (7, 5)  # + verdict
-
-
-class Recorder(nn.Module):
-    """Records every input the model sees."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.seen: list[Tensor] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.seen.append(x.detach().clone())
-        out: Tensor = self.net(x)
-        return out
 
 
 @pytest.mark.parametrize("restarts", [1, 3])
