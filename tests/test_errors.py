@@ -219,18 +219,15 @@ def test_errors_are_value_errors_too() -> None:
 
 
 def test_checks_run_even_when_an_attack_never_calls_the_model(setup: Any) -> None:
-    """A subclass whose run makes no pass at all still gets the call's checks (one clean
-    forward pass, made by the base class)."""
+    """A subclass whose run makes no pass at all still gets the call's checks: they run on
+    the one forward pass the base class makes, the verdict on x_adv."""
 
     class Identity(advkit.Attack):
-        def _clean_pass(self) -> Any:
-            return "none"
-
-        def run(self, ctx: Any) -> Any:
-            return ctx.x0, None
+        def run(self, oracle: Any, task: Any) -> Any:
+            return advkit.attacks.Found(task.x0)
 
     model, x, y = setup
     with pytest.raises(checks.LabelError, match=r"must lie in \[0, 4\]"):
         Identity(eps=0.1)(model, x, y + 5)
     res = Identity(eps=0.1)(model, x, y)
-    assert res.forward_passes == 2  # the checks' clean pass, then the verdict on x_adv
+    assert res.forward_passes == 1  # the verdict on x_adv, which runs the checks

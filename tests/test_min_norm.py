@@ -279,8 +279,7 @@ def test_cw_confidence_and_abort_early() -> None:
 @pytest.mark.parametrize("relative", [False, True])
 def test_class_gradients_match_the_jacobian(relative: bool) -> None:
     """The K logits' (or K - 1 differences') input gradients, one backward pass per row."""
-    from advkit.attacks.base import Context
-    from advkit.norms import L2
+    from advkit.attacks import Oracle
 
     with torch.random.fork_rng():  # seeded weights, the global generator left alone
         torch.manual_seed(0)
@@ -294,15 +293,7 @@ def test_class_gradients_match_the_jacobian(relative: bool) -> None:
         net.eval()
         x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
         classes = torch.stack([torch.randperm(6)[:4] for _ in range(5)])  # (B, K = 4), distinct
-    ctx = Context(
-        model=advkit.wrap(net),
-        x0=x,
-        labels=torch.zeros(5, dtype=torch.long),
-        eps=None,
-        norm=L2(),
-        objective=advkit.objectives.cross_entropy,
-        generator=torch.Generator(),
-    )
+    ctx = Oracle(advkit.wrap(net))
     before = (ctx.forward_passes, ctx.backward_passes)
     logits, grads = ctx.class_gradients(x, classes, relative=relative)
     jac = torch.autograd.functional.jacobian(net, x)  # (B, C, B, 2, 4, 4)

@@ -2,55 +2,55 @@
 
 from advkit import checks, distributed, functional, io, norms, objectives, targets
 from advkit._version import __version__
-from advkit.attacks import (
-    BIM,
-    CW,
-    FGSM,
-    PGD,
-    Attack,
-    DeepFool,
-    GaussianNoise,
-    MinNormAttack,
-    UniformNoise,
-)
+from advkit.attacks import APGD as APGD
+from advkit.attacks import BIM as BIM
+from advkit.attacks import CW as CW
+from advkit.attacks import FGSM as FGSM
+from advkit.attacks import PGD as PGD
+from advkit.attacks import Attack, MinNormAttack
+from advkit.attacks import DeepFool as DeepFool
+from advkit.attacks import Ensemble as Ensemble
+from advkit.attacks import GaussianNoise as GaussianNoise
+from advkit.attacks import MultiTargeted as MultiTargeted
+from advkit.attacks import Sweep as Sweep
+from advkit.attacks import UniformNoise as UniformNoise
+from advkit.attacks.registry import REGISTRY as _REGISTRY
 from advkit.checks import (
     AdvkitError,
     BoundsError,
     ConfigError,
+    GradientWarning,
     InputError,
     LabelError,
+    ModelError,
     ModelOutputError,
     ProbabilityOutputWarning,
 )
 from advkit.evaluation import RobustnessReport, evaluate
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import L1, L2, Linf, Norm
-from advkit.result import AttackResult
+from advkit.result import AttackResult, Part
 
 __all__ = [
-    "BIM",
-    "CW",
-    "FGSM",
     "L1",
     "L2",
-    "PGD",
     "AdvkitError",
     "Attack",
     "AttackResult",
     "BoundsError",
     "Classifier",
     "ConfigError",
-    "DeepFool",
-    "GaussianNoise",
+    "GradientWarning",
     "InputError",
     "LabelError",
     "Linf",
     "MinNormAttack",
+    "ModelError",
     "ModelOutputError",
     "Norm",
+    "Part",
     "ProbabilityOutputWarning",
     "RobustnessReport",
-    "UniformNoise",
     "__version__",
     "checks",
     "distributed",
@@ -62,4 +62,5 @@ __all__ = [
     "objectives",
     "targets",
     "wrap",
+    *(entry.name for entry in _REGISTRY),
 ]

@@ -17,8 +17,10 @@ __all__ = [
     "AdvkitError",
     "BoundsError",
     "ConfigError",
+    "GradientWarning",
     "InputError",
     "LabelError",
+    "ModelError",
     "ModelOutputError",
     "ProbabilityOutputWarning",
     "check_eps",
@@ -30,6 +32,7 @@ __all__ = [
     "check_positive_int",
     "check_sample_ids",
     "check_targets",
+    "integer_labels",
     "looks_like_probabilities",
     "warn_if_probabilities",
 ]
@@ -59,8 +62,18 @@ class ModelOutputError(AdvkitError, TypeError):
     """The model (after output extraction) did not return ``(B, C)`` logits."""
 
 
+class ModelError(AdvkitError, RuntimeError):
+    """The model did something an attack cannot work with (e.g. it modified its input in
+    place, or it cannot run on the inputs' dtype)."""
+
+
 class ProbabilityOutputWarning(UserWarning):
     """The model seems to return probabilities instead of logits."""
+
+
+class GradientWarning(UserWarning):
+    """The input gradient a gradient attack needs is missing or zero, so its result says
+    little about the model's robustness."""
 
 
 def _describe(t: Any) -> str:
@@ -126,6 +139,19 @@ def check_labels(y: Any, batch: int, num_classes: int, *, name: str = "labels") 
             f"classes, got values in [{ymin}, {ymax}]."
         )
     return y
+
+
+def integer_labels(y: Any, *, name: str = "labels") -> Tensor:
+    """Labels (or targets) as an int64 tensor, from a tensor of any integer dtype (int32 from
+    numpy, uint8, ...); their shape and range are checked once the number of classes is known."""
+    if not isinstance(y, Tensor):
+        raise LabelError(f"{name} must be a torch.Tensor of class indices, got {_describe(y)}.")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise LabelError(
+            f"{name} must hold integer class indices (got {y.dtype}); one-hot labels "
+            "can be converted with .argmax(dim=1)."
+        )
+    return y.detach().to(torch.int64)
 
 
 def check_targets(t: Any, y: Tensor, num_classes: int) -> Tensor:
@@ -249,3 +275,19 @@ def warn_if_probabilities(logits: Tensor, *, stacklevel: int = 2) -> None:
     """
     if looks_like_probabilities(logits):
         warnings.warn(PROBABILITY_MESSAGE, ProbabilityOutputWarning, stacklevel=stacklevel + 1)
+
+
+DETACHED_MESSAGE = (
+    "the model's output does not depend on its input through autograd (torch.no_grad() or "
+    ".detach() inside forward?), so this gradient attack saw a zero input gradient and its "
+    "result says nothing about robustness. Remove the no_grad/detach from the model's "
+    "forward, wrap non-differentiable preprocessing in a straight-through (BPDA) module, or "
+    "use a gradient-free attack."
+)
+
+INPLACE_MESSAGE = (
+    "the model modified its input tensor in place (e.g. x.mul_() or x.add_() in forward); "
+    "attacks rely on the tensors they pass to the model. Make the model work on a copy "
+    "(x = x.mul(...) instead of x.mul_(...)), or wrap it with advkit.wrap(model, mean=..., "
+    "std=...), whose normalization hands the module a fresh tensor."
+)

@@ -33,6 +33,9 @@ from torch.utils.data import (
 
 from advkit import checks
 from advkit.attacks.base import Attack
+from advkit.attacks.compose import Ensemble, Sweep, name_attacks
+from advkit.attacks.oracle import Oracle
+from advkit.attacks.task import Task
 from advkit.distributed import (
     ShardSampler,
     _on_cpu,
@@ -41,7 +44,9 @@ from advkit.distributed import (
     all_reduce_sum,
     rank_world,
 )
+from advkit.functional import KeyedGenerator
 from advkit.models import Classifier, model_guard, wrap
+from advkit.result import Part
 
 __all__ = ["AttackInfo", "RobustnessReport", "evaluate"]
 
@@ -437,11 +442,39 @@ class RobustnessReport:
 
 
 def _broken(info: AttackInfo, d: Tensor, eps: Sequence[float]) -> Tensor:
-    """``(N, E)`` bool: broken by this attack at each eps (see `RobustnessReport`)."""
-    if info.minimal:
-        eps_t = torch.tensor(eps, dtype=d.dtype, device=d.device)
-        return d.unsqueeze(1) <= eps_t  # nan (not run) compares False
-    return torch.isfinite(d).to(torch.uint8).cummax(dim=1).values.bool()
+    """``(N, E)`` bool: broken by this attack at each eps (see `RobustnessReport`): the
+    smallest perturbation it found, at whichever eps it ran, is ``<= eps``."""
+    eps_t = torch.tensor(eps, dtype=d.dtype, device=d.device)
+    found = d if info.minimal else d.nan_to_num(nan=math.inf).amin(dim=1)
+    return found.unsqueeze(1) <= eps_t  # nan (not run) compares False
+
+
+def _robust(
+    correct: Tensor, infos: Sequence[AttackInfo], dists: Mapping[str, Tensor], eps: Sequence[float]
+) -> Tensor:
+    """``(B, E)`` bool: correct and broken by no attack (the worst case), for one batch."""
+    out = correct.unsqueeze(1).expand(correct.shape[0], len(eps)).clone()
+    for info in infos:
+        out &= ~_broken(info, dists[info.name], eps)
+    return out
+
+
+def _level_key(e: float) -> float:
+    return float(e)
+
+
+def _record(d: Tensor, rows: Tensor, part: Part, level_of: Mapping[float, int]) -> None:
+    """Write, in place, what one attack (its `Sweep` over the grid) found on the batch's
+    ``rows``: per budget it ran at (a fixed-eps attack) or once (a minimal-norm attack), the
+    norm of the adversarial found, ``inf`` where it found none."""
+    for run in part.result.parts:
+        where = rows.index_select(0, run.rows)
+        found = torch.where(run.result.success, run.result.distance.double(), math.inf)
+        if d.ndim == 1:
+            d[where] = found
+        else:
+            assert run.eps is not None
+            d[where, level_of[_level_key(run.eps)]] = found
 
 
 # ---------------------------------------------------------------------- evaluate
@@ -450,42 +483,14 @@ def _broken(info: AttackInfo, d: Tensor, eps: Sequence[float]) -> Tensor:
 def _name_attacks(
     attacks: Attack | Sequence[Attack] | Mapping[str, Attack],
 ) -> list[tuple[str, Attack]]:
-    if isinstance(attacks, Attack):
-        items: list[tuple[str, Any]] = [(type(attacks).__name__, attacks)]
-    elif isinstance(attacks, Mapping):
-        items = [(str(k), v) for k, v in attacks.items()]
-    elif isinstance(attacks, Sequence):
-        items = []
-        seen: dict[str, int] = {}
-        for a in attacks:
-            base = type(a).__name__
-            seen[base] = seen.get(base, 0) + 1
-            items.append((base if seen[base] == 1 else f"{base}#{seen[base]}", a))
-    else:
-        raise checks.ConfigError(
-            "attacks must be an Attack, a sequence of attacks or a mapping from names to attacks, "
-            f"got {type(attacks).__name__}."
-        )
-    if not items:
-        raise checks.ConfigError("attacks is empty: give at least one attack, e.g. [advkit.PGD()].")
+    items = name_attacks(attacks)
     for name, a in items:
-        if not isinstance(a, Attack):
-            raise checks.ConfigError(
-                f"attack {name!r} is a {type(a).__name__}, not an advkit Attack "
-                "(e.g. advkit.PGD(norm='linf', steps=10))."
-            )
         if a.minimal and a.eps is not None:
             raise checks.ConfigError(
                 f"the minimal-norm attack {name!r} was built with eps={a.eps}; evaluate runs "
                 "minimal-norm attacks without a budget and reads every eps from their "
                 "distances: build it without eps."
             )
-    norms = {a.norm.name for _, a in items}
-    if len(norms) != 1:
-        raise checks.ConfigError(
-            f"the attacks use different norms {sorted(norms)}, which share no eps axis; "
-            "evaluate each threat model separately."
-        )
     return items
 
 
@@ -742,9 +747,15 @@ def evaluate(
 
     infos = [AttackInfo(name, repr(a), a.minimal) for name, a in named]
     num_eps = len(grid)
-    eps_t = torch.tensor(grid, dtype=torch.float64, device=dev)
-    positive = [k for k, e in enumerate(grid) if e > 0]
     passes = dict.fromkeys((name for name, _ in named), 0)
+    level_of = {_level_key(e): k for k, e in enumerate(grid)}
+    # The worst case over the attacks, each over the eps grid (a minimal-norm attack once),
+    # each only on what is still robust: one composite attack, run on every batch.
+    ensemble = Ensemble(
+        {name: Sweep(a, grid, shared_seed=True) for name, a in named},
+        independent=independent,
+        shared_seed=True,
+    )
 
     ids_parts: list[Tensor] = []
     label_parts: list[Tensor] = []
@@ -752,12 +763,9 @@ def evaluate(
     dist_parts: dict[str, list[Tensor]] = {name: [] for name, _ in named}
     bar = _Progress(progress, len(order), grid, world)
 
-    def generator() -> torch.Generator:
-        return torch.Generator(device=dev).manual_seed(seed)
-
     offset = 0
     try:
-        with model_guard(clf):
+        with model_guard(clf), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             for batch in loader:
                 x, y = _unpack(batch)
                 b = x.shape[0]
@@ -769,7 +777,7 @@ def evaluate(
                 ids = torch.as_tensor(order[offset : offset + b], dtype=torch.int64)
                 offset += b
                 x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True)
+                y = checks.integer_labels(y).to(dev, non_blocking=True)
                 ids = ids.to(dev)
                 checks.check_inputs(x, clf.bounds)
                 with torch.no_grad():
@@ -777,55 +785,41 @@ def evaluate(
                 checks.check_labels(y, b, logits.shape[1])
                 pred = logits.argmax(dim=1)
                 correct = pred == y
-                robust = correct.unsqueeze(1).expand(b, num_eps).clone()
-
-                for name, attack in named:
-                    if attack.minimal:
-                        d = torch.full((b,), math.nan, dtype=torch.float64, device=dev)
-                        if positive:
-                            todo = correct if independent else robust[:, positive[0]]
-                            idx = todo.nonzero().flatten()
-                            if idx.numel():
-                                res = attack(
-                                    clf,
-                                    x[idx],
-                                    y[idx],
-                                    generator=generator(),
-                                    sample_ids=ids[idx],
-                                )
-                                passes[name] += res.forward_passes
-                                found = torch.where(res.success, res.distance.double(), math.inf)
-                                d[idx] = found
-                                robust[idx] &= ~(found.unsqueeze(1) <= eps_t)
-                    else:
-                        d = torch.full((b, num_eps), math.nan, dtype=torch.float64, device=dev)
-                        own = torch.zeros(b, dtype=torch.bool, device=dev)
-                        for k, e in enumerate(grid):
-                            todo = (correct if independent else robust[:, k]) & ~own
-                            if e == 0:  # the ball is the clean input: nothing to find
-                                d[:, k] = torch.where(todo, math.inf, math.nan)
-                                continue
-                            idx = todo.nonzero().flatten()
-                            if not idx.numel():
-                                continue
-                            res = attack(
-                                clf,
-                                x[idx],
-                                y[idx],
-                                eps=e,
-                                generator=generator(),
-                                sample_ids=ids[idx],
-                            )
-                            passes[name] += res.forward_passes
-                            d[idx, k] = torch.where(res.success, res.distance.double(), math.inf)
-                            own[idx] |= res.success
-                            robust[:, k:] &= ~own.unsqueeze(1)
-                    dist_parts[name].append(d)
+                dists = {
+                    info.name: torch.full(
+                        (b,) if info.minimal else (b, num_eps),
+                        math.nan,
+                        dtype=torch.float64,
+                        device=dev,
+                    )
+                    for info in infos
+                }
+                for info in infos:  # eps = 0: the ball is the clean input, nothing to find
+                    if not info.minimal and grid[0] == 0:
+                        dists[info.name][:, 0] = torch.where(correct, math.inf, math.nan)
+                idx = correct.nonzero().squeeze(1)
+                if idx.numel() and any(e > 0 for e in grid):
+                    task = Task(
+                        x0=x.index_select(0, idx),
+                        labels=y.index_select(0, idx),
+                        norm=named[0][1].norm,
+                        bounds=clf.bounds,
+                        objective=ensemble.objective,
+                        generator=KeyedGenerator(seed, ids.index_select(0, idx)),
+                        clean_logits=logits.index_select(0, idx),
+                    )
+                    res = ensemble.solve(Oracle(clf), task)
+                    for part in res.parts:
+                        passes[part.name] += part.result.forward_passes
+                        _record(dists[part.name], idx.index_select(0, part.rows), part, level_of)
+                for info in infos:
+                    dist_parts[info.name].append(dists[info.name])
 
                 ids_parts.append(ids)
-                label_parts.append(y.to(torch.int64))
+                label_parts.append(y)
                 pred_parts.append(pred)
-                bar.update(robust)
+                if bar.bar is not None:
+                    bar.update(_robust(correct, infos, dists, grid))
     finally:
         bar.close()
 

@@ -15,12 +15,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from advkit import functional as F
 from advkit.checks import ConfigError
 
-__all__ = ["L1", "L2", "Linf", "Norm", "NormSpec", "resolve_norm"]
+__all__ = ["L1", "L2", "Linf", "Norm", "NormSpec", "Region", "resolve_norm"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,59 @@ class Norm(ABC):
     def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         """A perturbation uniform (by volume) in the ball of radius ``eps``, laid out like ``x``."""
 
+    def feasible(self, x: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
+        """``clip(x0 + project(x - x0))``, exactly inside the ball and the box in ``x0``'s
+        dtype and memory format (see `advkit.functional.feasible`)."""
+        return F.feasible(x, x0, norm=self, eps=eps, bounds=bounds)
+
+    def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Region:
+        """The feasible set of one attack call, with whatever can be computed once kept."""
+        return Region(self, x0, eps, bounds)
+
     def __str__(self) -> str:
         return self.name
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """The feasible set of an attack call: the ball of radius ``eps`` around ``x0`` (in
+    ``norm``) intersected with the box ``bounds``.
+
+    Calling it maps a point to ``norm.feasible(x, x0, eps, bounds)``; for Linf
+    the per-coordinate interval is computed once (`advkit.functional.linf_box`)
+    and a call is one ``clamp``.
+
+    Attributes:
+        norm: the threat model.
+        x0: the centres ``(B, ...)``.
+        eps: the radius, a float or ``(B,)``.
+        bounds: the input box.
+        lo, hi: the Linf interval of every coordinate, or ``None``.
+    """
+
+    norm: Norm
+    x0: Tensor
+    eps: F.Scalar
+    bounds: F.Bounds
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.lo is not None and self.hi is not None:
+            return torch.clamp(x.to(self.x0.dtype), self.lo, self.hi)
+        return self.norm.feasible(x, self.x0, self.eps, self.bounds)
+
+    def subset(self, rows: Tensor) -> Region:
+        """The region of the samples ``rows``."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, rows)
+
+        eps = self.eps
+        if isinstance(eps, Tensor) and eps.ndim == 1:
+            eps = eps.index_select(0, rows)
+        x0 = self.x0.index_select(0, rows)
+        return Region(self.norm, x0, eps, self.bounds, pick(self.lo), pick(self.hi))
 
 
 @dataclass(frozen=True)
@@ -75,6 +127,14 @@ class Linf(Norm):
 
     def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.linf_sample(x, eps, generator=generator)
+
+    def feasible(self, x: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
+        lo, hi = F.linf_box(x0, eps, bounds)
+        return torch.clamp(x.to(x0.dtype), lo, hi)
+
+    def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Region:
+        lo, hi = F.linf_box(x0, eps, bounds)
+        return Region(self, x0, eps, bounds, lo, hi)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from advkit.checks import ConfigError
 
-__all__ = ["AttackResult"]
+__all__ = ["AttackResult", "Part"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -27,13 +27,20 @@ class AttackResult:
             differs from the label (untargeted) or equals the target (targeted).
             An untargeted attack succeeds trivially on misclassified inputs.
         distance: ``(B,)`` norm of ``x_adv - x`` in the attack's norm, in input
-            space (float32 for half-precision inputs).
+            space, float64 (computed from the exact differences, so a point inside
+            the ball never reports more than eps).
         logits: ``(B, C)`` model outputs on ``x_adv``.
         labels: ``(B,)`` true labels the attack was given.
         targets: ``(B,)`` target classes of a targeted attack, else ``None``.
         norm: name of the threat model (``"linf"``, ``"l2"``, ``"l1"``).
         forward_passes: number of batched forward passes of the model.
         backward_passes: number of batched input-gradient backward passes.
+        broken_by: for a composite attack (`advkit.Ensemble`,
+            `advkit.MultiTargeted`), ``(B,)`` int64: the index of the part
+            (member, target) whose point was returned where the attack
+            succeeded, ``-1`` where it did not; else ``None``.
+        parts: for a composite attack, what each part did (see `Part`), in
+            the order they ran; else empty.
     """
 
     x_adv: Tensor
@@ -45,6 +52,8 @@ class AttackResult:
     norm: str
     forward_passes: int
     backward_passes: int
+    broken_by: Tensor | None = None
+    parts: tuple[Part, ...] = ()
 
     @property
     def targeted(self) -> bool:
@@ -108,3 +117,25 @@ class AttackResult:
             f"success_rate={self.success_rate:.4f}, forward_passes={self.forward_passes}, "
             f"backward_passes={self.backward_passes})"
         )
+
+
+@dataclass(frozen=True, repr=False)
+class Part:
+    """What one part of a composite attack did: a member of an ensemble, one target of a
+    multi-targeted attack, one budget of a sweep.
+
+    Attributes:
+        name: the part's name (e.g. ``"APGD"``, ``"target 2"``, ``"eps=0.03"``).
+        rows: ``(K,)`` int64 indices of the samples it ran on, into the composite's batch.
+        result: its `AttackResult` on those samples (row ``k`` is sample ``rows[k]``).
+        eps: the budget it ran at, where the composite chose one (a `advkit.Sweep`
+            level), else ``None``.
+    """
+
+    name: str
+    rows: Tensor
+    result: AttackResult
+    eps: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Part({self.name!r}, rows={self.rows.numel()}, result={self.result!r})"

@@ -1,335 +1,128 @@
 """The attack contract, implemented once for every attack.
 
-``Attack.__call__`` validates the inputs, clones them, guards the model (eval
-mode, frozen parameters, everything restored afterwards), resolves the
-targets, hands a `Context` to the subclass's `Attack.run`, and
-scores the returned tensor. Subclasses only implement ``run``.
+An attack is a class with settings in its constructor and one method,
+``run(oracle, task)``: the `Oracle` is what it may ask of the model (counted
+forward and gradient passes, in its precision, compiled when asked), the
+`Task` what it is about (clean inputs, labels, targets, budget, norm, box,
+objective, success rule). ``run`` returns what it `Found`; `Attack.finish`
+turns that into an `AttackResult` (a feasible point, scored on exactly that
+tensor); `Attack.solve` is ``run`` then ``finish``, and is how attacks run
+other attacks. ``Attack.__call__``, the public entry, is the same for every
+attack: it validates, guards the model, builds the oracle and the task, and
+calls ``solve``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, final
 
 import torch
 from torch import Tensor, nn
 
 from advkit import checks
-from advkit.functional import Bounds, KeyedGenerator, RandomSource, Scalar, clip
+from advkit.attacks.oracle import AUTOCAST, CompileSpec, Oracle, PrecisionSpec
+from advkit.attacks.task import Task
+from advkit.attacks.tracking import keep_best
+from advkit.functional import KeyedGenerator, RandomSource, Scalar, clip, exact_dtype
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import Norm, NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy
 from advkit.result import AttackResult
 from advkit.targets import TargetMap
 
-__all__ = ["Attack", "CompileSpec", "Context", "MinNormAttack", "PrecisionSpec", "TargetSpec"]
-
-PrecisionSpec = Literal["fp32", "bf16", "fp16"] | None
-"""The precision of the model's forward and backward passes inside an attack."""
-
-CompileSpec = bool | Literal["default", "reduce-overhead", "max-autotune"]
-"""Whether (and in which ``torch.compile`` mode) the model runs compiled inside an attack."""
-
-_AUTOCAST: dict[str | None, torch.dtype | None] = {
-    None: None,
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
-def _compiled(model: Classifier, mode: str) -> Callable[[Tensor], Any]:
-    """``torch.compile(model, mode=...)``, cached on the wrapper itself (so that it lives
-    and dies with it). Traced inside the model guard, with the parameters frozen, so its
-    backward computes no weight gradient. ``dynamic=None``: the first batch shape is
-    compiled static, and a second one (early stopping's smaller batches) once for all sizes."""
-    cache: dict[str, Callable[[Tensor], Any]] = model._compiled
-    if mode not in cache:
-        cache[mode] = torch.compile(model, mode=None if mode == "default" else mode)
-    return cache[mode]
-
+__all__ = [
+    "Attack",
+    "CompileSpec",
+    "Found",
+    "MinNormAttack",
+    "PrecisionSpec",
+    "TargetSpec",
+    "finish_minimal",
+]
 
 TargetSpec = Tensor | TargetMap | None
 """``None`` (untargeted), a ``(B,)`` tensor of classes, or a target map."""
 
-CleanPass = Literal["forward", "graph", "none"]
-"""How an attack call begins (see `Attack._clean_pass`): a no-grad forward on the clean
-inputs, a forward with autograd whose graph serves the first gradient, or no clean pass."""
 
-
-def _needs_clean_logits(targets: TargetSpec) -> bool:
-    """Whether resolving ``targets`` needs the model's logits on the clean inputs."""
-    if targets is None or isinstance(targets, Tensor):
-        return False
-    return bool(getattr(targets, "uses_logits", True))
-
-
-class Context:
-    """Everything one attack call works with; counts the model's passes.
+@dataclass
+class Found:
+    """What an attack's ``run`` found, before `Attack.finish` scores it.
 
     Attributes:
-        model: the guarded `Classifier`.
-        x0: clean inputs (a private copy; never modified).
-        labels: ``(B,)`` true labels.
-        targets: ``(B,)`` target classes, or ``None`` when untargeted.
-        eps: the budget, a float or a ``(B,)`` tensor on the inputs' device;
-            ``None`` for a minimal-norm attack called without one.
-        norm: the threat model.
-        bounds: the input box.
-        objective: the attacker's objective (higher is better).
-        generator: the source of all randomness of this call: a
-            ``torch.Generator``, or a `advkit.functional.KeyedGenerator` when
-            the call was given ``sample_ids``.
-        autocast: the reduced precision of gradient passes (``torch.bfloat16``,
-            ``torch.float16``) or ``None`` for the inputs' own dtype.
-        clean_logits: ``(B, C)`` logits on ``x0`` (computed on first use when the
-            call began without a clean pass).
-
-    The call's checks of the model's output, of the labels' range and of the
-    targets need the number of classes, hence one forward pass: they run on
-    the first forward pass the attack makes, whichever point it is at (with
-    ``clean_pass="none"``, the first iterate of a random start), before any
-    objective or gradient is computed.
+        x: the points ``(B, ...)``, feasible (in the ball and the box).
+        logits: full-precision logits computed on exactly ``x``, or ``None`` to
+            let ``finish`` compute them.
+        extras: fields of the `AttackResult` a composite attack fills in
+            (``broken_by``, ``parts``, ...).
     """
 
-    def __init__(
-        self,
-        *,
-        model: Classifier,
-        x0: Tensor,
-        labels: Tensor,
-        eps: Scalar | None,
-        norm: Norm,
-        objective: Objective,
-        generator: RandomSource,
-        autocast: torch.dtype | None = None,
-        compile: CompileSpec = False,
-        targets: TargetSpec = None,
-        clean_pass: CleanPass = "forward",
-    ) -> None:
-        self.model = model
-        self.x0 = x0
-        self.labels = labels
-        self.targets: Tensor | None = None
-        self.eps = eps
-        self.norm = norm
-        self.bounds: Bounds = model.bounds
-        self.objective = objective
-        self.generator = generator
-        self.autocast = autocast
-        # The modes that replay CUDA graphs (max-autotune does too).
-        self._graph_steps = compile in ("reduce-overhead", "max-autotune") and (
-            x0.device.type == "cuda"
-        )
-        self._grad_model: Callable[[Tensor], Any] = (
-            model
-            if compile is False
-            else _compiled(model, "default" if compile is True else compile)
-        )
-        self.forward_passes = 0
-        self.backward_passes = 0
-        self._target_spec = targets
-        self._admitted = False
-        self.probability_outputs = False  # set by the call's checks (`_admit`)
-        self._clean_logits: Tensor | None = None
-        if clean_pass == "graph" and autocast is not None:
-            # Reduced-precision logits are no clean verdict: the first gradient pass (at the
-            # clean input) runs the checks instead, and the verdict comes at the end.
-            clean_pass = "none"
-        if clean_pass == "none" and _needs_clean_logits(targets):
-            clean_pass = "forward"  # a target map that reads the clean logits
-        # An attack whose first gradient is taken at the clean input gets it from the clean
-        # forward pass itself (kept with its graph), not from a second forward.
-        self._clean_graph: tuple[Tensor, Tensor] | None = None
-        if clean_pass == "graph":
-            xg = x0.detach().requires_grad_(True)
-            logits = self.grad_forward(xg)
-            self._clean_graph = (xg, logits)
-            self._clean_logits = logits.detach()
-        elif clean_pass != "none":
-            self._clean_logits = self.logits(x0)
+    x: Tensor
+    logits: Tensor | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def clean_logits(self) -> Tensor:
-        """``(B, C)`` logits on ``x0``: one no-grad forward pass the first time it is needed
-        if the call began without one."""
-        if self._clean_logits is None:
-            self._clean_logits = self.logits(self.x0)
-        return self._clean_logits
 
-    def _admit(self, out: Tensor) -> None:
-        """The call's checks on the first model output of the call (any point of the batch):
-        logits of shape ``(B, C)``, labels in ``[0, C)``, targets resolved and valid."""
-        batch = self.x0.shape[0]
+class _Checks:
+    """The checks of one call that need the model's output (its number of classes): run on
+    the first forward pass the attack makes, whichever point it is at, before any objective
+    or gradient is computed. They validate the output and the labels, resolve the targets,
+    and keep the logits of a full-precision pass at the clean inputs as the clean logits."""
+
+    def __init__(self, task: Task, targets: TargetSpec) -> None:
+        self.task = task
+        self.targets = targets
+        self.done = False
+        self.probability_outputs = False
+        self.oracle: Oracle | None = None
+
+    def __call__(self, x: Tensor, out: Any, full_precision: bool) -> None:
+        task = self.task
+        batch = task.batch_size
         logits = checks.check_logits(out, batch)
         self.probability_outputs = checks.looks_like_probabilities(logits)
         num_classes = logits.shape[1]
-        checks.check_labels(self.labels, batch, num_classes)
-        targets = self._target_spec
-        if targets is not None:
-            if not isinstance(targets, Tensor):
-                if not callable(targets):
+        checks.check_labels(task.labels, batch, num_classes)
+        if full_precision and x is task.x0:
+            task.clean_logits = logits.detach()
+        spec = self.targets
+        if spec is not None:
+            if not isinstance(spec, Tensor):
+                if not callable(spec):
                     raise checks.LabelError(
                         "targets must be None, a tensor of classes or a target map such "
-                        f"as advkit.targets.shift(1), got {type(targets).__name__}."
+                        f"as advkit.targets.shift(1), got {type(spec).__name__}."
                     )
-                targets = targets(logits.detach(), self.labels, self.generator)
-            self.targets = checks.check_targets(targets, self.labels, num_classes)
-        self._admitted = True
+                if getattr(spec, "uses_logits", True):
+                    assert self.oracle is not None
+                    source = self.oracle.clean_logits(task)
+                else:
+                    source = logits.detach()
+                spec = spec(source, task.labels, task.generator)
+            checked = checks.check_targets(spec, task.labels, num_classes)
+            task.set_targets(checked.to(device=task.x0.device, dtype=torch.int64))
+        self.done = True
 
-    def ensure_checked(self) -> None:
-        """Run the call's checks now if no forward pass has run them yet (an attack whose
-        ``run`` never ran the model): one forward pass on the clean inputs."""
-        if not self._admitted:
-            self.clean_logits  # noqa: B018  (its forward pass runs the checks)
+    def force(self) -> None:
+        """Run the checks now if no forward pass has (an attack that read the targets first,
+        or never ran the model): one forward pass on the clean inputs."""
+        if not self.done:
+            assert self.oracle is not None
+            self.oracle.clean_logits(self.task)
 
-    def budget(self) -> Scalar:
-        """The budget of a fixed-eps attack (never ``None`` there)."""
-        if self.eps is None:
-            raise checks.ConfigError("this attack needs eps")
-        return self.eps
 
-    def _forward(self, x: Tensor) -> Tensor:
-        self.forward_passes += 1
-        out: Tensor = self.model(x)
-        if not self._admitted:
-            self._admit(out)
-        return out
-
-    @contextlib.contextmanager
-    def _reduced_precision(self, device: torch.device) -> Iterator[None]:
-        if self.autocast is None:
-            yield
-        else:
-            with torch.autocast(device_type=device.type, dtype=self.autocast):
-                yield
-
-    def grad_forward(self, x: Tensor) -> Tensor:
-        """The forward pass of a gradient step: logits at ``x`` with autograd on.
-
-        Runs the model in the attack's ``precision`` (autocast) and, if asked
-        for, compiled; the logits come back in ``float32`` (or ``x``'s dtype
-        when that is wider), so losses and everything after them stay exact.
-        """
-        self.forward_passes += 1
-        if self._graph_steps:
-            # CUDA graphs replay into static buffers: tell the graph trees a new step begins.
-            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
-        with torch.enable_grad():  # also the clone and cast below: they stay differentiable
-            with self._reduced_precision(x.device):
-                out: Tensor = self._grad_model(x)
-            if self._graph_steps:
-                # A graph's outputs live in buffers its next replay overwrites; the logits are
-                # kept across steps (best-so-far), so they get storage of their own.
-                out = out.clone()
-            if self.autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
-                out = out.float()
-        if not self._admitted:
-            self._admit(out)
-        return out
-
-    def logits(self, x: Tensor) -> Tensor:
-        """Model outputs on ``x`` without autograd (one forward pass, in full precision)."""
-        with torch.no_grad():
-            return self._forward(x)
-
-    def loss(self, logits: Tensor, index: Tensor | None = None) -> Tensor:
-        """The objective per sample, ``(B,)``; ``index`` selects the samples of ``logits``."""
-        labels, targets = self.labels, self.targets
-        if index is not None:
-            labels = labels.index_select(0, index)
-            targets = None if targets is None else targets.index_select(0, index)
-        out = self.objective(logits, labels, targets)
-        if out.shape != (logits.shape[0],):
-            raise checks.ConfigError(
-                f"the objective must return one value per sample, shape ({logits.shape[0]},), "
-                f"got shape {tuple(out.shape)}."
-            )
-        return out
-
-    def value_and_grad(
-        self, x: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Objective, its gradient with respect to the input only, and the logits at ``x``.
-
-        One forward and one backward pass (in the attack's precision, see
-        `grad_forward`). Parameters are frozen by the guard, so no weight
-        gradient is computed. ``index`` selects the samples ``x`` belongs to,
-        for attacks that work on a subset of the batch.
-        """
-        clean, self._clean_graph = self._clean_graph, None
-        if clean is not None and x is self.x0 and index is None:
-            xg, logits = clean  # the clean forward pass, graph included
-        else:
-            xg = x.detach().requires_grad_(True)
-            logits = self.grad_forward(xg)
-        with torch.enable_grad():
-            loss = self.loss(logits, index)
-            grads: tuple[Tensor | None, ...] = torch.autograd.grad(
-                loss.sum(), xg, allow_unused=True
-            )
-        self.backward_passes += 1
-        grad = grads[0]
-        if grad is None:  # the objective does not depend on the input
-            grad = torch.zeros_like(x)
-        return loss.detach(), grad, logits.detach()
-
-    def class_gradients(
-        self, x: Tensor, classes: Tensor, *, relative: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        """Logits at ``x`` and the input gradients of ``K`` chosen logits per sample.
-
-        Args:
-            x: inputs ``(B, ...)``.
-            classes: ``(B, K)`` class indices; row ``i`` picks the logits of sample ``i``.
-            relative: return instead the gradients of the ``K - 1`` differences
-                ``logits[i, classes[i, k]] - logits[i, classes[i, 0]]``, ``k >= 1``
-                (one backward pass fewer than the ``K`` logits).
-
-        Returns:
-            ``logits`` ``(B, C)`` and ``grads`` ``(K, B, ...)`` with
-            ``grads[k, i] = d logits[i, classes[i, k]] / d x[i]``; with ``relative``,
-            ``(K - 1, B, ...)`` with ``grads[k - 1, i] = d (logits[i, classes[i, k]]
-            - logits[i, classes[i, 0]]) / d x[i]``.
-
-        One forward pass, then one backward pass per returned row through the
-        same graph, seeded with that row's one-hot vector (or difference of two)
-        over the logits; each is counted. A loop and not autograd's vectorized
-        backward (``is_grads_batched``): that one has no batching rule for the
-        backward of convolutions and normalizations, falls back to a slower
-        loop of its own for them, and was the slower of the two on CPU.
-        """
-        b, k = classes.shape
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.grad_forward(xg)
-            seeds = torch.zeros((k, b, logits.shape[1]), dtype=logits.dtype, device=logits.device)
-            seeds.scatter_(2, classes.T.unsqueeze(2), 1.0)
-            if relative:
-                seeds = seeds[1:] - seeds[:1]
-            n = seeds.shape[0]
-            rows = [
-                torch.autograd.grad(logits, xg, grad_outputs=seeds[j], retain_graph=j < n - 1)[0]
-                for j in range(n)
-            ]
-        self.backward_passes += n
-        return logits.detach(), torch.stack(rows)
-
-    def is_success(self, logits: Tensor, index: Tensor | None = None) -> Tensor:
-        """``(B,)`` bool: misclassified (untargeted) or classified as the target (targeted).
-
-        ``index`` selects the samples ``logits`` belong to, for attacks that work
-        on a subset of the batch.
-        """
-        pred = logits.argmax(dim=1)
-        ref = self.labels if self.targets is None else self.targets
-        if index is not None:
-            ref = ref.index_select(0, index)
-        return pred != ref if self.targets is None else pred == ref
+@contextlib.contextmanager
+def _private_rng(device: torch.device) -> Iterator[None]:
+    """The global RNG as it was, whatever the model draws (dropout in train mode, a
+    randomized defence): its state is forked for the call and restored after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 class Attack(ABC):
@@ -337,7 +130,8 @@ class Attack(ABC):
 
     A fixed-budget attack searches the eps-ball for an adversarial input; a
     minimal-norm attack (`MinNormAttack`) searches for the smallest
-    perturbation and needs no eps.
+    perturbation and needs no eps. A subclass implements `run`; composite
+    attacks call their members' `solve`.
 
     Args:
         norm: the threat model: ``"linf"``, ``"l2"``, ``"l1"`` or a
@@ -366,6 +160,10 @@ class Attack(ABC):
             gradient.
     """
 
+    minimal: bool = False
+    """Whether this is a minimal-norm attack, which needs no eps (see `MinNormAttack`); a
+    composite attack decides it per instance from its members."""
+
     def __init__(
         self,
         *,
@@ -375,7 +173,7 @@ class Attack(ABC):
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
     ) -> None:
-        if precision not in _AUTOCAST:
+        if precision not in AUTOCAST:
             raise checks.ConfigError(
                 f"precision must be None, 'fp32', 'bf16' or 'fp16', got {precision!r}."
             )
@@ -400,16 +198,7 @@ class Attack(ABC):
             )
         self.objective = objective
 
-    minimal: ClassVar[bool] = False
-    """Whether this is a minimal-norm attack (see `MinNormAttack`)."""
-
-    def _clean_pass(self) -> CleanPass:
-        """How a call begins: ``"forward"`` (default), a no-grad forward on the clean
-        inputs; ``"graph"``, for a ``run`` that takes its first gradient at the clean input
-        (``ctx.x0`` itself), a forward with autograd whose graph serves that gradient;
-        ``"none"``, for a ``run`` that never needs the clean logits (the call's checks then
-        run on its first forward pass, see `Context`)."""
-        return "forward"
+    # ------------------------------------------------------------------ description
 
     def _settings(self) -> dict[str, Any]:
         return {"norm": str(self.norm), "eps": self.eps}
@@ -428,16 +217,84 @@ class Attack(ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in settings.items())
         return f"{type(self).__name__}({args})"
 
+    # ------------------------------------------------------------------ the work
+
     @abstractmethod
-    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        """Find adversarial inputs.
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        """Search for adversarial inputs.
+
+        Args:
+            oracle: the model, configured with this attack's precision and compile mode.
+            task: the data and rules, with this attack's objective and budget
+                (``task.eps`` is ``None`` only for a minimal-norm attack without one).
 
         Returns:
-            The pair ``(x_adv, logits)``: ``x_adv`` feasible (in the ball and
-                the box), ``logits`` computed on exactly ``x_adv`` or ``None`` to
-                let the caller compute them.
+            What was found: feasible points (in the ball and the box) and,
+            where known, full-precision logits computed on exactly them.
         """
 
+    def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
+        """Turn what `run` found into the result: a point in the ball and the box (exactly,
+        in the inputs' dtype), scored on exactly that tensor.
+
+        Logits handed over by ``run`` are used when they are a verdict: computed in
+        full precision on a deterministic model (not ``keep_mode``); otherwise one
+        forward pass scores ``x_adv``. A point that ``run`` left outside the ball or the
+        box is brought into it and re-scored. Minimal-norm attacks override this (see
+        `MinNormAttack.finish`).
+        """
+        x0 = task.x0
+        x_adv = _laid_out_like(found.x.detach(), x0)
+        logits = found.logits
+        if task.eps is not None:
+            inside = _inside(task, x_adv)
+            if not bool(inside.all()):  # run() broke the contract: repair and re-score
+                x_adv = torch.where(_rows(inside, x_adv), x_adv, task.region(x_adv))
+                logits = None
+        if logits is None or oracle.keep_mode or self.precision is not None:
+            logits = oracle.logits(x_adv)
+        return self._result(task, x_adv, logits.detach(), found)
+
+    def _result(self, task: Task, x_adv: Tensor, logits: Tensor, found: Found) -> AttackResult:
+        success = task.success(logits)
+        distance = _distance(task, x_adv)
+        return AttackResult(
+            x_adv=x_adv,
+            success=success,
+            distance=distance,
+            logits=logits,
+            labels=task.labels,
+            targets=task.goal,
+            norm=task.norm.name,
+            forward_passes=0,
+            backward_passes=0,
+            **found.extras,
+        )
+
+    @final
+    def solve(self, oracle: Oracle, task: Task) -> AttackResult:
+        """Run this attack on ``task`` with ``oracle`` and finish: how attacks run attacks.
+
+        The oracle is configured with this attack's precision and compile mode;
+        the task gets this attack's objective and norm, and its budget when the
+        task has none. The result's pass counts are the passes made here.
+        """
+        oracle = oracle.configured(self.precision, self.compile)
+        eps: Scalar | None = task.eps if task.eps is not None else self.eps
+        if eps is None and not self.minimal:
+            raise checks.ConfigError(
+                f"{type(self).__name__} needs eps: give it to the constructor or to the call."
+            )
+        task = task.using(objective=self.objective, eps=eps, norm=self.norm)
+        f0, b0 = oracle.forward_passes, oracle.backward_passes
+        result = self.finish(oracle, task, self.run(oracle, task))
+        return dataclasses.replace(
+            result,
+            forward_passes=oracle.forward_passes - f0,
+            backward_passes=oracle.backward_passes - b0,
+        )
+
+    @final
     def __call__(
         self,
         model: nn.Module,
@@ -456,13 +313,14 @@ class Attack(ABC):
             model: a `Classifier` or any ``nn.Module``
                 (wrapped with ``bounds=(0, 1)``).
             x: clean inputs ``(B, ...)`` inside the model's bounds; never modified.
-            y: true labels ``(B,)``.
+            y: true labels ``(B,)``, of any integer dtype.
             targets: ``None`` for an untargeted attack; a ``(B,)`` tensor of
                 classes or a target map (`advkit.targets`) for a targeted one.
             eps: budget overriding the constructor's: a float, or a ``(B,)``
                 tensor of per-sample budgets (e.g. an eps sweep over copies of a batch).
             generator: source of randomness; the same seeded generator gives
-                the same result. The global RNG is never used.
+                the same result. The global RNG is never used, and its state is
+                the same after the call (also when the model draws from it).
             sample_ids: optional ``(B,)`` integer ids of the samples (e.g. their
                 indices in the dataset). With them every random draw of sample
                 ``i`` (random start, random target) depends only on the
@@ -482,6 +340,8 @@ class Attack(ABC):
             LabelError: bad labels or targets.
             ConfigError: bad eps or generator.
             ModelOutputError: the model does not return ``(B, C)`` logits.
+            ModelError: the model modified its input in place, or cannot run on
+                the inputs' dtype.
         """
         if torch.is_inference_mode_enabled():
             raise checks.ConfigError(
@@ -506,62 +366,32 @@ class Attack(ABC):
             source = KeyedGenerator(
                 generator.initial_seed(), checks.check_sample_ids(sample_ids, batch, x.device)
             )
-        if not isinstance(y, Tensor):
-            raise checks.LabelError(f"labels must be a torch.Tensor, got {type(y).__name__}.")
+        labels = checks.integer_labels(y).to(x.device)
         if isinstance(targets, Tensor):
-            targets = targets.to(x.device)
+            targets = checks.integer_labels(targets, name="targets").to(x.device)
         x0 = x.detach().clone(memory_format=torch.preserve_format)
-        labels = y.detach().to(x.device)
 
-        with model_guard(clf, keep_mode=keep_mode):
-            ctx = Context(
-                model=clf,
-                x0=x0,
-                labels=labels,
-                eps=budget,
-                norm=self.norm,
-                objective=self.objective,
-                generator=source,
-                autocast=_AUTOCAST[self.precision],
-                compile=self.compile,
-                targets=targets,
-                clean_pass=self._clean_pass(),
-            )
-            x_adv, logits = self.run(ctx)
-            ctx.ensure_checked()
-            if ctx.probability_outputs:  # pointing at the caller's line
-                warnings.warn(
-                    checks.PROBABILITY_MESSAGE, checks.ProbabilityOutputWarning, stacklevel=2
-                )
-            x_adv = x_adv.detach()
-            if x_adv.stride() != x0.stride():  # keep the caller's memory format
-                x_adv = torch.empty_like(x0).copy_(x_adv)
-            if self.minimal and budget is not None:
-                # A budgeted minimal-norm attack: the point found, brought into the ball.
-                x_adv = clip(x0 + self.norm.project(x_adv - x0, budget), clf.bounds)
-                logits = None
-            if logits is None or keep_mode or self.precision is not None:
-                # A reduced-precision attack is judged by a full-precision forward.
-                logits = ctx.logits(x_adv)
-            success = ctx.is_success(logits)
-            distance = self.norm.measure(x_adv - x0)
-            if self.minimal:
-                # Where nothing was found: the clean input, at distance inf.
-                x_adv = keep_best(~success, (x_adv,), (x0,))[0]
-                logits = keep_best(~success, (logits,), (ctx.clean_logits,))[0]
-                distance = torch.where(success, distance, torch.full_like(distance, math.inf))
-
-        return AttackResult(
-            x_adv=x_adv,
-            success=success,
-            distance=distance,
-            logits=logits.detach(),
+        task = Task(
+            x0=x0,
             labels=labels,
-            targets=ctx.targets,
-            norm=self.norm.name,
-            forward_passes=ctx.forward_passes,
-            backward_passes=ctx.backward_passes,
+            norm=self.norm,
+            bounds=clf.bounds,
+            objective=self.objective,
+            generator=source,
+            eps=budget,
         )
+        call_checks = _Checks(task, targets)
+        task._resolve = call_checks.force
+        with model_guard(clf, keep_mode=keep_mode), _private_rng(x.device):
+            oracle = Oracle(clf, keep_mode=keep_mode, observer=call_checks)
+            call_checks.oracle = oracle
+            result = self.solve(oracle, task)
+            call_checks.force()
+        if call_checks.probability_outputs:  # pointing at the caller's line
+            warnings.warn(checks.PROBABILITY_MESSAGE, checks.ProbabilityOutputWarning, stacklevel=2)
+        if oracle.detached:
+            warnings.warn(checks.DETACHED_MESSAGE, checks.GradientWarning, stacklevel=2)
+        return result
 
 
 class MinNormAttack(Attack):
@@ -579,21 +409,66 @@ class MinNormAttack(Attack):
 
     minimal = True
 
-
-def keep_best(
-    better: Tensor,
-    best: tuple[Tensor, ...],
-    new: tuple[Tensor, ...],
-) -> tuple[Tensor, ...]:
-    """Per sample, take ``new`` where ``better`` (``(B,)`` bool) else ``best``; no host sync."""
-    out = []
-    for b, n in zip(best, new, strict=True):
-        mask = better.reshape(better.shape[0], *([1] * (b.ndim - 1)))
-        out.append(torch.where(mask, n, b))
-    return tuple(out)
+    def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
+        """Score the point found (see `finish_minimal`)."""
+        return finish_minimal(self, oracle, task, found)
 
 
-def improves(success: Tensor, loss: Tensor, best_success: Tensor, best_loss: Tensor) -> Tensor:
-    """A candidate beats the best so far if it succeeds where the best does not,
-    or ties on success with a higher objective."""
-    return (success & ~best_success) | ((success == best_success) & (loss > best_loss))
+def finish_minimal(attack: Attack, oracle: Oracle, task: Task, found: Found) -> AttackResult:
+    """The finish of a minimal-norm search: score the point found, brought into the eps-ball
+    first when the call has a budget; the clean input at distance ``inf`` where nothing
+    adversarial was found."""
+    x0 = task.x0
+    x_adv = _laid_out_like(found.x.detach(), x0)
+    logits = found.logits
+    if task.eps is not None:
+        inside = _inside(task, x_adv)
+        if not bool(inside.all()):
+            x_adv = torch.where(_rows(inside, x_adv), x_adv, task.region(x_adv))
+            logits = None
+    elif not bool(_inside_box(task, x_adv).all()):
+        x_adv = clip(x_adv, task.bounds)
+        logits = None
+    if logits is None or oracle.keep_mode or attack.precision is not None:
+        logits = oracle.logits(x_adv)
+    result = attack._result(task, x_adv, logits.detach(), found)
+    success = result.success
+    clean = oracle.clean_logits(task)
+    x_adv, logits = keep_best(~success, (result.x_adv, result.logits), (x0, clean))
+    distance = torch.where(success, result.distance, math.inf)
+    return dataclasses.replace(result, x_adv=x_adv, logits=logits, distance=distance)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _laid_out_like(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` in ``like``'s memory format (a copy only when the strides differ)."""
+    if x.stride() == like.stride():
+        return x
+    return torch.empty_like(like).copy_(x)
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.reshape(mask.shape[0], *([1] * (like.ndim - 1)))
+
+
+def _inside_box(task: Task, x: Tensor) -> Tensor:
+    lo, hi = task.bounds
+    return ((x >= lo) & (x <= hi)).flatten(1).all(dim=1)
+
+
+def _inside(task: Task, x: Tensor) -> Tensor:
+    """``(B,)`` bool: ``x`` lies in the ball and the box, measured exactly."""
+    wd = exact_dtype(x.dtype, x.device)
+    n = task.norm.measure(x.to(wd) - task.x0.to(wd))
+    eps = task.budget()
+    e = eps.to(n) if isinstance(eps, Tensor) else eps
+    return (n <= e) & _inside_box(task, x)
+
+
+def _distance(task: Task, x: Tensor) -> Tensor:
+    """``(B,)`` norm of ``x - x0``, computed in float64 (float32 on MPS) from the exact
+    differences, so that a point inside the ball never reports a distance above eps."""
+    wd = exact_dtype(torch.float64, x.device)
+    return task.norm.measure(x.to(wd) - task.x0.to(wd))

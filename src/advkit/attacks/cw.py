@@ -9,7 +9,10 @@ import torch
 from torch import Tensor
 
 from advkit import checks
-from advkit.attacks.base import CompileSpec, Context, MinNormAttack, PrecisionSpec, keep_best
+from advkit.attacks.base import Found, MinNormAttack
+from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
+from advkit.attacks.task import Task
+from advkit.attacks.tracking import BestByDistance
 from advkit.norms import L2, NormSpec, resolve_norm
 from advkit.objectives import margin
 
@@ -26,7 +29,12 @@ class CW(MinNormAttack):
     $z_t - \max_{j \ne t} z_j$ targeted), computed correctly for logits of any
     sign and for log-probabilities. The box is handled by the change of
     variables $x = l + (u - l)(\tanh(w) + 1) / 2$ and $w$ is optimised with
-    Adam. A binary search over the constant $c$ per sample (``search_steps``
+    Adam. The distance term is measured in units of the box width,
+    $\|(x - x_0) / (u - l)\|_2^2$, so that the whole optimisation (in $w$)
+    is the same for a model on ``[0, 1]`` pixels and the same model on
+    ``[0, 255]`` or ``[-1, 1]``: ``initial_const`` and ``lr`` mean the same
+    for every box, and the distances found scale with it (the paper's unit
+    box is the special case $u - l = 1$). The box must be finite. A binary search over the constant $c$ per sample (``search_steps``
     rounds from ``initial_const``; $c$ grows tenfold until a success is found,
     then bisects) trades distance for success. Every iterate that is
     adversarial with margin $\ge \kappa$ is a candidate; per sample the
@@ -99,28 +107,34 @@ class CW(MinNormAttack):
             "eps": self.eps,
         }
 
-    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x0, (lo, hi) = ctx.x0, ctx.bounds
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        x0, (lo, hi) = task.x0, task.bounds
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise checks.ConfigError(
+                f"CW needs a finite input box for its tanh change of variables, got bounds "
+                f"({lo}, {hi}); wrap the model with the real range of its inputs, "
+                "advkit.wrap(model, bounds=(low, high)), or use DeepFool or PGD, which work "
+                "without bounds."
+            )
         b = x0.shape[0]
         wd = torch.float64 if x0.dtype == torch.float64 else torch.float32
         dev = x0.device
+        width = hi - lo
+        base = x0.to(wd)
         # tanh-space start: atanh of the input scaled to (-1, 1), shrunk so that bounds stay finite.
         w_max = math.atanh(1 - 1e-6)
-        unit = ((x0.to(wd) - lo) / (hi - lo) * 2 - 1) * (1 - 1e-6)
-        w_start = torch.atanh(unit)
+        w_start = torch.atanh(((base - lo) / width * 2 - 1) * (1 - 1e-6))
+        targets = task.targets
+        kappa = self.kappa
 
         def to_x(w: Tensor) -> Tensor:
-            return (lo + (hi - lo) * (torch.tanh(w) + 1) / 2).to(x0.dtype)
+            return (lo + width * (torch.tanh(w) + 1) / 2).to(x0.dtype)
 
         const = torch.full((b,), self.initial_const, dtype=wd, device=dev)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, math.inf)
-        best_x, best_logits = x0, ctx.clean_logits
-        best_dist = torch.where(
-            self._succeeds(ctx, ctx.clean_logits),
-            torch.zeros_like(const),
-            torch.full_like(const, math.inf),
-        )
+        clean = oracle.clean_logits(task)
+        best = BestByDistance(x0, clean, self._succeeds(task, clean))
         beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
         check_every = max(self.steps // 10, 1)
 
@@ -130,22 +144,22 @@ class CW(MinNormAttack):
             found = torch.zeros(b, dtype=torch.bool, device=dev)
             prev = math.inf
             for step in range(1, self.steps + 1):
-                wg = w.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    x = to_x(wg)
-                    logits = ctx.grad_forward(x)
-                    dist = (x.to(wd) - x0.to(wd)).flatten(1).pow(2).sum(dim=1)
-                    m_now = margin(logits, ctx.labels, ctx.targets).to(wd)
-                    loss = dist + const * torch.clamp(self.kappa - m_now, min=0.0)
-                    (g,) = torch.autograd.grad(loss.sum(), wg)
-                ctx.backward_passes += 1
-                ok = (m_now.detach() >= self.kappa) & ctx.is_success(logits.detach())
-                closer = ok & (dist.detach() < best_dist)
-                best_x, best_logits, best_dist = keep_best(
-                    closer,
-                    (best_x, best_logits, best_dist),
-                    (x.detach(), logits.detach(), dist.detach()),
-                )
+                x = to_x(w)
+                c = const
+
+                def hinge(logits: Tensor, c: Tensor = c) -> Tensor:
+                    m_now = margin(logits, task.labels, targets).to(wd)
+                    return c * torch.clamp(kappa - m_now, min=0.0)
+
+                penalty, gx, logits = oracle.value_and_grad(x, hinge)
+                diff = (x.to(wd) - base) / width
+                dist = diff.flatten(1).pow(2).sum(dim=1)  # in units of the box width
+                loss = dist + penalty
+                t = torch.tanh(w)
+                # d loss / d w through x = lo + width (tanh(w) + 1) / 2
+                g = (2 * diff / width + gx.to(wd)) * (width * (1 - t * t) / 2)
+                ok = self._succeeds(task, logits)
+                best.consider(x, logits, ok, dist.sqrt() * width)
                 found = found | ok
                 # Adam, sync-free.
                 m = beta1 * m + (1 - beta1) * g
@@ -157,15 +171,14 @@ class CW(MinNormAttack):
                 # subnormal (slow on CPUs) and the pixel can no longer come back: clamp w.
                 w = (w - self.lr * m_hat / (v_hat.sqrt() + adam_eps)).clamp(-w_max, w_max)
                 if self.abort_early and step % check_every == 0:
-                    total = float(loss.detach().sum())
+                    total = float(loss.sum())
                     if total > prev * 0.9999:
                         break
                     prev = total
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
             const = torch.where(upper < math.inf, (lower + upper) / 2, const * 10)
-        best_x = best_x.to(x0.dtype)
-        return best_x, best_logits
+        return Found(best.x, best.logits)
 
-    def _succeeds(self, ctx: Context, logits: Tensor) -> Tensor:
-        return (margin(logits, ctx.labels, ctx.targets) >= self.kappa) & ctx.is_success(logits)
+    def _succeeds(self, task: Task, logits: Tensor) -> Tensor:
+        return (margin(logits, task.labels, task.targets) >= self.kappa) & task.success(logits)

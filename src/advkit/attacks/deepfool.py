@@ -9,7 +9,10 @@ import torch
 from torch import Tensor
 
 from advkit import checks
-from advkit.attacks.base import CompileSpec, Context, MinNormAttack, PrecisionSpec, keep_best
+from advkit.attacks.base import Found, MinNormAttack
+from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
+from advkit.attacks.task import Task
+from advkit.attacks.tracking import ActiveSet, BestByDistance, keep_best
 from advkit.functional import batch_view, clip
 from advkit.norms import L2, Linf, NormSpec
 
@@ -128,60 +131,63 @@ class DeepFool(MinNormAttack):
             "eps": self.eps,
         }
 
-    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x0, bounds = ctx.x0, ctx.bounds
-        clean = ctx.clean_logits
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        x0, bounds, norm = task.x0, task.bounds, task.norm
+        clean = oracle.clean_logits(task)
         k = min(self.candidates, clean.shape[1])
-        anchor = ctx.labels if ctx.targets is None else ctx.targets
-        sign = 1.0 if ctx.targets is None else -1.0
+        targets = task.targets
+        anchor = task.labels if targets is None else targets
+        sign = 1.0 if targets is None else -1.0
         others = clean.detach().scatter(1, anchor.unsqueeze(1), float("-inf")).topk(k - 1).indices
         classes = torch.cat([anchor.unsqueeze(1), others], dim=1)  # (B, K), anchor first
         scale = 1.0 + self.overshoot
         free = (-math.inf, math.inf)
 
-        # Per sample: its first adversarial iterate, or x0 if none is found.
-        x_out, logits_out = x0.clone(), clean.clone()
-        # The state of the samples still running, `idx` into the batch: the attack works
-        # on that shrinking subset only and stops as soon as it is empty.
-        idx = (~ctx.is_success(clean)).nonzero().squeeze(1)
-        x0a, cls = x0.index_select(0, idx), classes.index_select(0, idx)
+        # Per sample: its first adversarial iterate (the clean input where it already is).
+        best = BestByDistance(x0, clean, task.success(clean))
+        # The samples still running: the attack works on that shrinking subset only (`sub`,
+        # and the state below, one row per running sample) and stops once it is empty.
+        active = ActiveSet(task.batch_size, padded=False, device=x0.device)
+        if not active.update(best.found):
+            return self._refine(oracle, task, best)
+        sub = task.subset(active.indices)
+        x0a, cls = sub.x0, classes.index_select(0, active.indices)
         xa, r_tot = x0a, torch.zeros_like(x0a)
         score_first = False
         for step in range(self.steps + 1):
-            if idx.numel() == 0:
-                break
             if step == self.steps or score_first:
                 # Out of iterations, or the last step most likely crossed the boundary:
                 # score the iterate first (one forward pass), then compute gradients only
                 # for the samples it did not fool, instead of K - 1 backward passes for all.
-                logits = ctx.logits(xa)
-                ok = ctx.is_success(logits, idx)
-                self._record(ok, idx, (x_out, logits_out), (xa, logits))
-                keep = (~ok).nonzero().squeeze(1)  # host sync
+                logits = oracle.logits(xa)
+                ok = sub.success(logits)
+                best.consider(xa, logits, ok, norm.measure(xa - x0a), active.indices)
+                running = active.running
+                keep = active.retain(~ok)  # host sync
                 # Go on scoring first while it pays: while the forward pass it costs for
                 # every running sample saves K - 1 backward passes for at least 1 in K.
-                score_first = (idx.numel() - keep.numel()) * k >= idx.numel()
-                if keep.numel() < idx.numel():
-                    idx, x0a, xa, r_tot, cls = (
-                        t.index_select(0, keep) for t in (idx, x0a, xa, r_tot, cls)
-                    )
-                if step == self.steps or idx.numel() == 0:
+                score_first = (running - active.running) * k >= running
+                if keep is not None:
+                    sub = sub.subset(keep)
+                    x0a, xa, r_tot, cls = (t.index_select(0, keep) for t in (x0a, xa, r_tot, cls))
+                if step == self.steps or active.running == 0:
                     break
-                logits, w = ctx.class_gradients(xa, cls, relative=True)
+                logits, w = oracle.class_gradients(xa, cls, relative=True)
                 # Not adversarial a moment ago; a model with randomness may disagree now.
-                ok = ctx.is_success(logits, idx)
-                self._record(ok, idx, (x_out, logits_out), (xa, logits))
+                ok = sub.success(logits)
+                best.consider(xa, logits, ok, norm.measure(xa - x0a), active.indices)
             else:
-                logits, w = ctx.class_gradients(xa, cls, relative=True)
-                ok = ctx.is_success(logits, idx)
-                self._record(ok, idx, (x_out, logits_out), (xa, logits))
-                keep = (~ok).nonzero().squeeze(1)  # host sync
-                if keep.numel() < idx.numel():
-                    idx, x0a, xa, r_tot, cls, logits = (
-                        t.index_select(0, keep) for t in (idx, x0a, xa, r_tot, cls, logits)
+                logits, w = oracle.class_gradients(xa, cls, relative=True)
+                ok = sub.success(logits)
+                best.consider(xa, logits, ok, norm.measure(xa - x0a), active.indices)
+                keep = active.retain(~ok)  # host sync
+                if keep is not None:
+                    sub = sub.subset(keep)
+                    x0a, xa, r_tot, cls, logits = (
+                        t.index_select(0, keep) for t in (x0a, xa, r_tot, cls, logits)
                     )
                     w, ok = w[:, keep], ok[keep]
-                if idx.numel() == 0:
+                if active.running == 0:
                     break
             # Box-aware linearization from iteration `_clip_only_iterations` on (see the
             # class docstring); fooled samples (`ok`) stay where they are.
@@ -191,23 +197,15 @@ class DeepFool(MinNormAttack):
             r_tot = (xa - x0a) / scale
             if step == self._clip_only_iterations:  # the first box-aware step usually crosses
                 score_first = True
-        return self._refine(ctx, x_out, logits_out)
+        return self._refine(oracle, task, best)
 
-    @staticmethod
-    def _record(
-        ok: Tensor, idx: Tensor, out: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor]
-    ) -> None:
-        """Write, in place, the running samples ``idx`` that are adversarial (``ok``) into
-        the outputs; the others keep what they hold."""
-        for o, n in zip(out, new, strict=True):
-            o.index_copy_(0, idx, keep_best(ok, (o.index_select(0, idx),), (n,))[0])
-
-    def _refine(self, ctx: Context, x_adv: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    def _refine(self, oracle: Oracle, task: Task, best: BestByDistance) -> Found:
         """Bisect the scale of each perturbation: the smallest still-adversarial point on the ray.
 
         Points on the segment between ``x0`` and ``x_adv`` stay in the box (it is convex),
         so no clipping is needed. Samples not adversarial at ``x_adv`` stay as they are."""
-        x0 = ctx.x0
+        x_adv, logits = best.x, best.logits
+        x0 = task.x0
         delta = x_adv - x0
         b = x0.shape[0]
         lo = torch.zeros(b, dtype=torch.float32, device=x0.device)
@@ -215,12 +213,12 @@ class DeepFool(MinNormAttack):
         for _ in range(self.refine_steps):
             mid = (lo + hi) / 2
             x = x0 + delta * batch_view(mid, x0.ndim).to(delta.dtype)
-            out = ctx.logits(x)
-            ok = ctx.is_success(out)
+            out = oracle.logits(x)
+            ok = task.success(out)
             x_adv, logits = keep_best(ok, (x_adv, logits), (x, out))
             hi = torch.where(ok, mid, hi)
             lo = torch.where(ok, lo, mid)
-        return x_adv, logits
+        return Found(x_adv, logits)
 
     def _step(
         self,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from advkit._fused import pgd_step
-from advkit.attacks.base import Attack, CleanPass, Context
+from advkit import _fused
+from advkit.attacks.base import Attack, Found
+from advkit.attacks.oracle import Oracle
+from advkit.attacks.task import Task
 
 __all__ = ["FGSM"]
 
@@ -23,23 +23,23 @@ class FGSM(Attack):
     sparse SLIDE direction for L1 (FGM, Miyato et al. 2016). Targeted through
     ``targets=`` at call time: the step then descends the loss towards the target.
 
+    A call makes one forward and one backward pass at the clean input (which
+    also run the call's checks) and one forward pass to score the result.
+
     Args:
         norm: ``"linf"`` (default, FGSM), ``"l2"`` or ``"l1"`` (FGM) or a Norm.
         eps: step length = budget, in input space (may be given per call).
         objective: loss to maximise, ``(logits, labels, targets) -> (B,)``.
+        precision: model precision of the gradient pass (see `advkit.Attack`).
+        compile: run the model compiled (see `advkit.Attack`).
 
     Example:
         >>> net = torch.nn.Linear(4, 2)
         >>> res = FGSM(eps=0.1)(net, torch.full((3, 4), 0.5), torch.tensor([0, 1, 0]))
         >>> res.distance
-        tensor([0.1000, 0.1000, 0.1000])
+        tensor([0.1000, 0.1000, 0.1000], dtype=torch.float64)
     """
 
-    def _clean_pass(self) -> CleanPass:
-        return "graph"
-
-    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        _, grad, _ = ctx.value_and_grad(ctx.x0)
-        eps = ctx.budget()
-        x = pgd_step(ctx.x0, ctx.x0, grad, norm=ctx.norm, eps=eps, step_size=eps, bounds=ctx.bounds)
-        return x, None
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        _, grad, _ = oracle.value_and_grad(task.x0, task.loss)
+        return Found(_fused.step(task.region, task.x0, grad, task.budget()))

@@ -8,8 +8,11 @@ import torch
 from torch import Tensor
 
 from advkit import checks
-from advkit.attacks.base import Attack, Context, improves, keep_best
-from advkit.functional import RandomSource, Scalar, batch_view, clip, rand, randn
+from advkit.attacks.base import Attack, Found
+from advkit.attacks.oracle import Oracle
+from advkit.attacks.task import Task
+from advkit.attacks.tracking import BestByObjective
+from advkit.functional import RandomSource, Scalar, batch_view, exact_dtype, rand, randn
 from advkit.norms import NormSpec
 from advkit.objectives import Objective, cross_entropy
 
@@ -36,26 +39,25 @@ class _AdditiveNoise(Attack):
         raise NotImplementedError
 
     def _on_sphere(self, x: Tensor, eps: Scalar, generator: RandomSource) -> Tensor:
-        wd = torch.float64 if x.dtype == torch.float64 else torch.float32
-        raw = self._noise(x.to(wd), generator)
+        """Noise rescaled to norm exactly ``eps`` per sample, in the exact dtype of ``x``."""
+        wd = exact_dtype(x.dtype, x.device)
+        draw = torch.float64 if x.dtype == torch.float64 else torch.float32
+        raw = self._noise(x.to(draw), generator).to(wd)
         n = self.norm.measure(raw).clamp_min(torch.finfo(wd).tiny)
         e = eps.to(wd) if isinstance(eps, Tensor) else torch.full_like(n, float(eps))
-        out = torch.empty_like(x)
-        out.copy_(raw * batch_view(e / n, raw.ndim))
-        return out
+        return raw * batch_view(e / n, raw.ndim)
 
-    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        best_x, best_logits = ctx.x0, ctx.clean_logits
-        best_loss, best_ok = ctx.loss(best_logits), ctx.is_success(best_logits)
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        x0 = task.x0
+        clean = oracle.clean_logits(task)
+        best = BestByObjective()
+        best.consider(x0, clean, task.loss(clean), task.success(clean))
         for _ in range(self.restarts):
-            x = clip(ctx.x0 + self._on_sphere(ctx.x0, ctx.budget(), ctx.generator), ctx.bounds)
-            logits = ctx.logits(x)
-            loss, ok = ctx.loss(logits), ctx.is_success(logits)
-            better = improves(ok, loss, best_ok, best_loss)
-            best_x, best_logits, best_loss, best_ok = keep_best(
-                better, (best_x, best_logits, best_loss, best_ok), (x, logits, loss, ok)
-            )
-        return best_x, best_logits
+            noise = self._on_sphere(x0, task.budget(), task.generator)
+            x = task.region(x0.to(noise.dtype) + noise)
+            logits = oracle.logits(x)
+            best.consider(x, logits, task.loss(logits), task.success(logits))
+        return Found(best.x, best.logits)
 
 
 class UniformNoise(_AdditiveNoise):

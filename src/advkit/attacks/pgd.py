@@ -5,20 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from advkit import checks
-from advkit._fused import pgd_step
-from advkit.attacks.base import (
-    Attack,
-    CleanPass,
-    CompileSpec,
-    Context,
-    PrecisionSpec,
-    improves,
-    keep_best,
-)
-from advkit.functional import Scalar, clip
+from advkit import _fused, checks
+from advkit.attacks.base import Attack, Found
+from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
+from advkit.attacks.task import Task
+from advkit.attacks.tracking import ActiveSet, BestByObjective, keep_best
+from advkit.functional import Scalar
 from advkit.norms import NormSpec
 from advkit.objectives import Objective, cross_entropy
 
@@ -121,105 +114,40 @@ class PGD(Attack):
             return self.step_size
         return eps * (self._default_step_factor / self.steps)
 
-    def _clean_pass(self) -> CleanPass:
-        # From a random start the clean point is not a candidate: no pass on it at all.
-        return "none" if self.random_init else "graph"
-
-    def run(self, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x0, norm, eps, bounds = ctx.x0, ctx.norm, ctx.budget(), ctx.bounds
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        x0, norm, eps = task.x0, task.norm, task.budget()
         alpha = self._step_size(eps)
-        best = _Best(ctx)
+        best = BestByObjective()
         for restart in range(self.restarts):
-            rows: Tensor | None = None  # the samples being attacked; None: all of them
-            if self.early_stop and restart > 0:
-                rows = _still_running(best.ok)
-                if rows is not None and rows.numel() == 0:
-                    break
+            active = ActiveSet(task.batch_size)  # the samples being attacked
+            if self.early_stop and restart > 0 and not active.update(best.success):
+                break
             if self.random_init:
-                x_all = clip(x0 + norm.sample(x0, eps, generator=ctx.generator), bounds)
+                start = x0.to(torch.promote_types(x0.dtype, torch.float32))
+                x_all = task.region(start + norm.sample(x0, eps, generator=task.generator))
             else:
-                x_all = x0
-            x, x0r, eps_r, alpha_r = _take((x_all, x0, eps, alpha), rows)
+                x_all = x0  # the clean point is the first iterate (its pass runs the checks)
+            sub = task if active.rows is None else task.subset(active.rows)
+            x, alpha_r = active.take(x_all, alpha)
             for step in range(self.steps):
                 if self.early_stop and step > 0 and step % self._compact_every == 0:
                     # A look at the host (one sync every few steps): drop the samples that
-                    # already succeed from the batch, in a few fixed batch shapes.
-                    x_all = _put(x_all, rows, x)
-                    rows = _still_running(best.ok)
-                    if rows is not None and rows.numel() == 0:
+                    # already succeed from the batch, in a few fixed batch sizes.
+                    x_all = active.put(x_all, x)
+                    if not active.update(best.success):
                         break
-                    x, x0r, eps_r, alpha_r = _take((x_all, x0, eps, alpha), rows)
-                loss, grad, logits = ctx.value_and_grad(x, rows)
-                ok = best.consider(x, logits, loss, rows)
-                x_next = pgd_step(
-                    x, x0r, grad, norm=norm, eps=eps_r, step_size=alpha_r, bounds=bounds
-                )
+                    sub = task if active.rows is None else task.subset(active.rows)
+                    x, alpha_r = active.take(x_all, alpha)
+                loss, grad, logits = oracle.value_and_grad(x, sub.loss)
+                ok = sub.success(logits)
+                best.consider(x, logits, loss, ok, active.rows)
+                x_next = _fused.step(sub.region, x, grad, alpha_r)
                 # early stop: a sample that succeeds here stays here (its best point)
                 x = keep_best(ok, (x_next,), (x,))[0] if self.early_stop else x_next
             else:
-                logits = ctx.logits(x)
-                best.consider(x, logits, ctx.loss(logits, rows), rows)
-        return best.x, best.logits
-
-
-class _Best:
-    """Per sample, the best point seen so far (a success first, then the highest objective).
-
-    Empty until the first candidate, which is the whole batch: the clean point when the
-    attack starts there, else the first iterate.
-    """
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.x = self.logits = self.loss = self.ok = torch.empty(0)
-        self.empty = True
-
-    def consider(self, x: Tensor, logits: Tensor, loss: Tensor, rows: Tensor | None) -> Tensor:
-        """Take the candidates that improve on the best; returns their success, ``(len(x),)``."""
-        ok = self.ctx.is_success(logits, rows)
-        if self.empty:
-            if rows is not None:
-                raise RuntimeError("the first candidate must cover the whole batch")
-            self.x, self.logits, self.loss, self.ok, self.empty = x, logits, loss, ok, False
-            return ok
-        cur = _take((self.x, self.logits, self.loss, self.ok), rows)
-        better = improves(ok, loss, cur[3], cur[2])
-        new = keep_best(better, cur, (x, logits, loss, ok))
-        self.x, self.logits, self.loss, self.ok = (
-            _put(full, rows, part)
-            for full, part in zip((self.x, self.logits, self.loss, self.ok), new, strict=True)
-        )
-        return ok
-
-
-def _still_running(ok: Tensor) -> Tensor | None:
-    """Indices of the samples not yet successful, padded to one of a few batch sizes.
-
-    ``None`` when the full batch size is needed anyway. Sizes are ``ceil(B / 2**k)``,
-    so compiled code and cuDNN see at most ``log2(B) + 1`` shapes; padding repeats
-    the first running sample, whose copies compute and write identical values.
-    """
-    b = ok.shape[0]
-    running = (~ok).nonzero().squeeze(1)  # the deliberate host sync
-    n = running.numel()
-    size = b
-    while n > 0 and -(-size // 2) >= n and size > 1:
-        size = -(-size // 2)
-    if size == b or n == 0:
-        return running if n == 0 else None
-    return torch.cat([running, running[:1].expand(size - n)])
-
-
-def _take(ts: tuple[Any, ...], rows: Tensor | None) -> tuple[Any, ...]:
-    """The rows of each per-sample tensor (floats pass through)."""
-    if rows is None:
-        return ts
-    return tuple(t.index_select(0, rows) if isinstance(t, Tensor) else t for t in ts)
-
-
-def _put(full: Tensor, rows: Tensor | None, part: Tensor) -> Tensor:
-    """``full`` with ``rows`` replaced by ``part`` (``part`` itself when ``rows`` is None)."""
-    return part if rows is None else full.index_copy(0, rows, part)
+                logits = oracle.logits(x)
+                best.consider(x, logits, sub.loss(logits), sub.success(logits), active.rows)
+        return Found(best.x, best.logits)
 
 
 class BIM(PGD):

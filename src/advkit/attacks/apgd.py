@@ -1,0 +1,450 @@
+"""Auto-PGD: PGD with momentum and a per-sample step-size schedule, for Linf, L2 and L1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from advkit import _fused, checks
+from advkit import functional as F
+from advkit.attacks.base import Attack, Found
+from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
+from advkit.attacks.task import Task
+from advkit.attacks.tracking import ActiveSet, BestByObjective
+from advkit.norms import NormSpec
+from advkit.objectives import Objective, cross_entropy
+
+__all__ = ["APGD", "checkpoints"]
+
+
+def checkpoints(steps: int) -> dict[int, int]:
+    r"""APGD's checkpoints for ``steps`` iterations: ``{iteration: length of the interval
+    that ends there}``.
+
+    The checkpoints are $w_j = \lceil p_j N \rceil$ with $p_0 = 0$,
+    $p_1 = 0.22$ and $p_{j+1} = p_j + \max(p_j - p_{j-1} - 0.03, 0.06)$
+    (Croce & Hein, ICML 2020, section 3.2): intervals of 22% of the
+    iterations, then 3% shorter each time, never under 6%. As in the reference
+    implementation the fractions are turned into whole iterations once
+    (``int(0.22 N)``, ``int(0.03 N)``, ``int(0.06 N)``, each at least 1) and a
+    check happens after the iteration that ends an interval.
+
+    Example:
+        >>> list(checkpoints(100))
+        [22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    first = max(int(0.22 * steps), 1)
+    shrink = max(int(0.03 * steps), 1)
+    shortest = max(int(0.06 * steps), 1)
+    out: dict[int, int] = {}
+    position, length = first, first
+    while position <= steps:
+        out[position] = length
+        length = max(length - shrink, shortest)
+        position += length
+    return out
+
+
+def l1_checkpoints(steps: int) -> dict[int, int]:
+    """APGD-L1's checkpoints: every ``max(int(0.04 N), 1)`` iterations (Croce & Hein, ICML
+    2021, with the reference implementation's constant)."""
+    every = max(int(0.04 * steps), 1)
+    return {position: every for position in range(every, steps + 1, every)}
+
+
+def halve(
+    increases: Tensor,
+    length: int,
+    rho: float,
+    best: Tensor,
+    best_before: Tensor,
+    halved_before: Tensor,
+) -> Tensor:
+    r"""APGD's step-size test at a checkpoint, per sample: ``True`` where the step halves.
+
+    Condition 1: the objective rose in at most a fraction ``rho`` of the
+    ``length`` steps of the interval (``increases <= rho * length``, the
+    reference implementation's reading of the paper's strict inequality).
+    Condition 2: the step was not halved at the previous checkpoint and the
+    best objective has not improved since it (``best_before >= best``).
+
+    Example:
+        >>> halve(torch.tensor([3.0, 9.0, 9.0]), 10, 0.75,
+        ...       best=torch.tensor([1.0, 2.0, 1.0]), best_before=torch.tensor([1.0, 1.0, 1.0]),
+        ...       halved_before=torch.tensor([False, False, True]))
+        tensor([ True, False, False])
+    """
+    oscillating = increases <= rho * length
+    stalled = ~halved_before & (best_before >= best)
+    return oscillating | stalled
+
+
+class _Scheme:
+    """What differs between the norms: the start, the step and the checkpoint rule."""
+
+    def __init__(self, attack: APGD, task: Task) -> None:
+        self.attack = attack
+        self.steps = attack.steps
+
+    def checkpoints(self) -> dict[int, int]:
+        return checkpoints(self.steps)
+
+    def start(self, task: Task) -> Tensor:
+        """The first iterate of a restart, for the whole batch (a point uniform in the ball,
+        as PGD's random start)."""
+        x0, eps = task.x0, task.budget()
+        if not self.attack.random_init:
+            return x0
+        base = x0.to(torch.promote_types(x0.dtype, torch.float32))
+        return task.region(base + task.norm.sample(x0, eps, generator=task.generator))
+
+    def region(self, task: Task) -> Any:
+        """The projection onto the feasible set (a `advkit.norms.Region` for Linf and L2)."""
+        return task.region
+
+    def state(self, task: Task) -> dict[str, Tensor]:
+        """Per-sample schedule state at the start of a run."""
+        eps = _per_sample(task)
+        return {"eta": 2.0 * eps}
+
+    def step(
+        self,
+        state: dict[str, Tensor],
+        region: Any,
+        x: Tensor,
+        x_prev: Tensor,
+        grad: Tensor,
+        first: bool,
+    ) -> Tensor:
+        """``z = P(x + eta d(g))``, then the momentum step ``P(x + a (z - x) + (1 - a)(x -
+        x_prev))`` with ``a = 0.75`` (1 at the first step)."""
+        z = _fused.step(region, x, grad, state["eta"])
+        if first:
+            return z
+        wd = torch.promote_types(x.dtype, torch.float32)
+        xw = x.to(wd)
+        out: Tensor = region(xw + 0.75 * (z.to(wd) - xw) + 0.25 * (xw - x_prev.to(wd)))
+        return out
+
+    def check(
+        self,
+        state: dict[str, Tensor],
+        length: int,
+        track: dict[str, Tensor],
+        task: Task,
+    ) -> Tensor:
+        reset = halve(
+            track["increases"],
+            length,
+            self.attack.rho,
+            track["loss_best"],
+            state["loss_best_before"],
+            state["halved_before"],
+        )
+        state["halved_before"] = reset
+        state["loss_best_before"] = track["loss_best"]
+        state["eta"] = torch.where(reset, state["eta"] / 2, state["eta"])
+        return reset
+
+
+class _L1Scheme(_Scheme):
+    """APGD-L1 (Croce & Hein, "Mind the box: l1-APGD for sparse adversarial attacks on image
+    classifiers", ICML 2021): exact projection onto the L1 ball and the box, sparse steps
+    whose sparsity follows that of the best point, no momentum."""
+
+    def checkpoints(self) -> dict[int, int]:
+        return l1_checkpoints(self.steps)
+
+    def region(self, task: Task) -> Any:
+        x0, eps, bounds, norm = task.x0, task.budget(), task.bounds, task.norm
+
+        def project(delta: Tensor, e: F.Scalar) -> Tensor:
+            return F.l1_box_project(delta, x0, e, bounds)
+
+        def region(x: Tensor) -> Tensor:
+            return F.feasible(x, x0, norm=norm, eps=eps, bounds=bounds, project=project)
+
+        return region
+
+    def start(self, task: Task) -> Tensor:
+        """A Gaussian point projected onto the L1 ball and the box (the reference's start)."""
+        x0 = task.x0
+        if not self.attack.random_init:
+            return x0
+        draw = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
+        out: Tensor = self.region(task)(x0.to(draw) + noise)
+        return out
+
+    def state(self, task: Task) -> dict[str, Tensor]:
+        eps = _per_sample(task)
+        d = float(task.x0[0].numel())
+        return {
+            "eta": eps.clone(),
+            "eps": eps,
+            "sparsity": torch.full_like(eps, 0.2),
+            "support_before": torch.full_like(eps, d),
+        }
+
+    def step(
+        self,
+        state: dict[str, Tensor],
+        region: Any,
+        x: Tensor,
+        x_prev: Tensor,
+        grad: Tensor,
+        first: bool,
+    ) -> Tensor:
+        direction = F.l1_direction(grad, state["sparsity"])
+        wd = torch.promote_types(x.dtype, torch.float32)
+        eta = F.batch_view(state["eta"].to(wd), x.ndim)
+        out: Tensor = region(x.to(wd) + eta * direction.to(wd))
+        return out
+
+    def check(
+        self,
+        state: dict[str, Tensor],
+        length: int,
+        track: dict[str, Tensor],
+        task: Task,
+    ) -> Tensor:
+        d = float(task.x0[0].numel())
+        support = (track["x_best"] != task.x0).flatten(1).sum(dim=1).to(state["eta"].dtype)
+        sparser = support / state["support_before"] < 0.95
+        state["sparsity"] = support / d / 1.5
+        eps = state["eps"]
+        eta = torch.where(sparser, eps, state["eta"] / 1.5)
+        state["eta"] = torch.minimum(torch.maximum(eta, eps / 10), eps)
+        state["support_before"] = support
+        return sparser
+
+
+def _per_sample(task: Task) -> Tensor:
+    eps = task.budget()
+    dev = task.x0.device
+    if isinstance(eps, Tensor):
+        return eps.to(device=dev, dtype=torch.float32).expand(task.batch_size).clone()
+    return torch.full((task.batch_size,), float(eps), dtype=torch.float32, device=dev)
+
+
+class APGD(Attack):
+    r"""Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks", ICML 2020), for the Linf, L2 and L1 balls
+    (L1: Croce & Hein, "Mind the box: l1-APGD for sparse adversarial attacks on image
+    classifiers", ICML 2021).
+
+    PGD with momentum whose step size adapts to each sample. Linf and L2: from
+    $x^{(0)}$, with $\eta^{(0)} = 2\epsilon$ and $P$ the projection onto the
+    ball and the box,
+
+    $$
+    z = P\big(x^{(k)} + \eta\, d(\nabla L(x^{(k)}))\big), \qquad
+    x^{(k+1)} = P\big(x^{(k)} + \alpha (z - x^{(k)}) + (1 - \alpha)(x^{(k)} - x^{(k-1)})\big)
+    $$
+
+    with $d$ the norm's steepest-ascent direction and $\alpha = 0.75$ (1 at
+    the first step). At the checkpoints (`checkpoints`: after 22% of the
+    steps, then intervals 3% shorter, never under 6%) a sample's step halves
+    if its objective rose in at most a fraction ``rho`` of the interval's
+    steps, or if the step was not halved at the previous checkpoint and its
+    best objective has not improved since (`halve`); a sample whose step
+    halves restarts from its best point. L1: the start is a Gaussian point
+    projected onto the ball and the box; the step moves the top fraction of
+    gradient coordinates (20% at first, then 1/1.5 of the best point's
+    support) by $\eta$ (initially $\epsilon$) along the sparse sign
+    direction, projected exactly onto the intersection of the L1 ball and the
+    box (`advkit.functional.l1_box_project`), without momentum; every 4% of
+    the steps, a sample whose best point became sparser (support below 95% of
+    the last check) restarts from it with $\eta = \epsilon$, the others divide
+    $\eta$ by 1.5 (within $[\epsilon / 10, \epsilon]$).
+
+    Every iterate is scored from the forward pass that computes its gradient
+    (the last by one more forward pass): a success at any iterate is kept
+    (per sample the attack returns a successful point first, then the one with
+    the highest objective). A restart after the first runs only on the samples
+    not yet broken. A call makes ``steps + 1`` forward and ``steps`` backward
+    passes per restart, and all the schedule state lives in tensors: no host
+    synchronisation in the step loop (one per restart, to find the samples
+    still robust). With ``sample_ids`` the result of each sample does not
+    depend on the batch it is in.
+
+    Targeted (``targets=``) with a targeted objective, e.g. the targeted DLR
+    loss (``objective=objectives.dlr``); `advkit.MultiTargeted` over the top
+    classes makes APGD-T.
+
+    Args:
+        norm: ``"linf"`` (default), ``"l2"`` or ``"l1"``.
+        eps: radius of the ball in input space (may also be given per call, per sample).
+        steps: gradient steps per restart (the paper's $N_{iter}$, 100).
+        restarts: runs from independent random starts, each on the samples
+            still robust.
+        objective: the loss to maximise: `advkit.objectives.cross_entropy`
+            (APGD-CE, default), `advkit.objectives.dlr` (APGD-DLR, needs at
+            least 3 classes; targeted 4) or any ``(logits, labels, targets) -> (B,)``.
+        rho: the fraction of the checkpoint test (0.75 in the paper).
+        random_init: start at a random point of the ball (the paper's choice);
+            ``False`` starts at the clean input.
+        early_stop: a sample stops moving at its first success, and every few
+            steps the samples that succeeded are dropped from the batch (in a
+            few fixed batch sizes, as `advkit.PGD`); saves their passes at the
+            price of a host sync every few steps. The robust accuracy is the same.
+        precision: model precision in gradient steps (``"bf16"``, ``"fp16"``;
+            see `advkit.Attack`).
+        compile: run the model compiled (see `advkit.Attack`).
+
+    Example:
+        >>> import advkit
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+        >>> res = APGD(eps=0.1, steps=20)(net, x, y, generator=torch.Generator().manual_seed(0))
+        >>> (res.forward_passes, res.backward_passes), bool((res.distance <= 0.1).all())
+        ((21, 20), True)
+    """
+
+    _compact_every = 4
+    """With ``early_stop``: steps between two looks at which samples are still running."""
+
+    def __init__(
+        self,
+        norm: NormSpec = "linf",
+        eps: float | None = None,
+        steps: int = 100,
+        restarts: int = 1,
+        objective: Objective = cross_entropy,
+        rho: float = 0.75,
+        random_init: bool = True,
+        early_stop: bool = False,
+        precision: PrecisionSpec = None,
+        compile: CompileSpec = False,
+    ) -> None:
+        super().__init__(
+            norm=norm, eps=eps, objective=objective, precision=precision, compile=compile
+        )
+        self.steps = checks.check_positive_int(steps, "steps")
+        self.restarts = checks.check_positive_int(restarts, "restarts")
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < rho <= 1.0:
+            raise checks.ConfigError(f"rho must be a fraction in (0, 1], got {rho!r}.")
+        self.rho = float(rho)
+        self.random_init = bool(random_init)
+        self.early_stop = bool(early_stop)
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "rho": self.rho,
+            "random_init": self.random_init,
+            "early_stop": self.early_stop,
+        }
+
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        task.budget()
+        scheme = (_L1Scheme if task.norm.name == "l1" else _Scheme)(self, task)
+        best = BestByObjective()
+        for restart in range(self.restarts):
+            active = ActiveSet(task.batch_size)
+            if restart > 0 and not active.update(best.success):
+                break
+            start = scheme.start(task)  # the whole batch: keyed draws do not depend on it
+            self._run_once(oracle, task, scheme, start, best, active)
+        return Found(best.x, best.logits)
+
+    def _run_once(
+        self,
+        oracle: Oracle,
+        task: Task,
+        scheme: _Scheme,
+        start: Tensor,
+        best: BestByObjective,
+        active: ActiveSet,
+    ) -> None:
+        """One run of ``steps`` iterations on the samples of ``active``."""
+        sub = task if active.rows is None else task.subset(active.rows)
+        region = scheme.region(sub)
+        marks = scheme.checkpoints()
+        (x,) = active.take(start)
+        loss, grad, logits = oracle.value_and_grad(x, sub.loss)
+        ok = sub.success(logits)
+        best.consider(x, logits, loss, ok, active.rows)
+        state = scheme.state(sub)
+        state["halved_before"] = torch.ones_like(ok)
+        state["loss_best_before"] = loss
+        track: dict[str, Tensor] = {
+            "x": x,
+            "x_prev": x,
+            "grad": grad,
+            "x_best": x,
+            "grad_best": grad,
+            "loss_best": loss,
+            "loss_prev": loss,
+            "increases": torch.zeros_like(loss),
+            "ok": ok,
+        }
+        for i in range(self.steps):
+            if self.early_stop and i > 0 and i % self._compact_every == 0:
+                # A look at the host (one sync every few steps): drop the samples that already
+                # succeed from the batch, in a few fixed batch sizes.
+                track, state = self._compact(active, best.success, track, state)
+                if active.running == 0:
+                    return
+                sub = task if active.rows is None else task.subset(active.rows)
+                region = scheme.region(sub)
+            x, x_prev = track["x"], track["x_prev"]
+            x_next = scheme.step(state, region, x, x_prev, track["grad"], first=i == 0)
+            if self.early_stop:  # a sample that succeeds stays where it is
+                x_next = torch.where(_rows(track["ok"], x), x, x_next)
+            last = i == self.steps - 1
+            if last:
+                logits = oracle.logits(x_next)
+                loss = sub.loss(logits)
+                grad = track["grad"]
+            else:
+                loss, grad, logits = oracle.value_and_grad(x_next, sub.loss)
+            ok = sub.success(logits)
+            best.consider(x_next, logits, loss, ok, active.rows)
+            better = loss > track["loss_best"]
+            mask = _rows(better, x_next)
+            track["x_best"] = torch.where(mask, x_next, track["x_best"])
+            track["grad_best"] = torch.where(mask, grad, track["grad_best"])
+            track["loss_best"] = torch.where(better, loss, track["loss_best"])
+            track["increases"] = track["increases"] + (loss > track["loss_prev"]).to(loss.dtype)
+            track.update(x=x_next, x_prev=x, grad=grad, loss_prev=loss, ok=ok)
+            length = marks.get(i + 1)
+            if length is not None and not last:
+                reset = scheme.check(state, length, track, sub)
+                back = _rows(reset, x_next)
+                track["x"] = torch.where(back, track["x_best"], track["x"])
+                track["grad"] = torch.where(back, track["grad_best"], track["grad"])
+                track["increases"] = torch.zeros_like(track["increases"])
+
+    @staticmethod
+    def _compact(
+        active: ActiveSet,
+        done: Tensor,
+        track: dict[str, Tensor],
+        state: dict[str, Tensor],
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Move the per-sample tensors to the samples still running."""
+        rows, batch = active.rows, active.batch
+
+        def widen(t: Tensor) -> Tensor:
+            if rows is None:
+                return t
+            full = torch.zeros((batch, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            return full.index_copy(0, rows, t)
+
+        full_track = {k: widen(v) for k, v in track.items()}
+        full_state = {k: widen(v) for k, v in state.items()}
+        if not active.update(done):
+            return track, state
+        return (
+            {k: active.take(v)[0] for k, v in full_track.items()},
+            {k: active.take(v)[0] for k, v in full_state.items()},
+        )
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    return F.batch_view(mask, like.ndim)
