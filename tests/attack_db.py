@@ -1,6 +1,10 @@
 """Every attack configuration, listed once; the contract suite runs over all of them.
 
-A new attack is one more entry here (plus its own oracle or paper-figure test).
+The table is built from the attack registry (`advkit.attacks.registry.REGISTRY`):
+every registered attack runs with its entry's ``quick`` settings, composites with
+the small configurations below, and a few variants (objectives, no random
+start) are added. `tests/test_registry.py` checks that no registered attack is
+missing here.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass, field
 import advkit
 from advkit import objectives
 from advkit.attacks import Attack
+from advkit.attacks.registry import REGISTRY, AttackEntry
 
 
 @dataclass(frozen=True)
@@ -24,15 +29,53 @@ class AttackInfo:
     randomized: bool = False
     gradient: bool = True
     minimal: bool = False
+    targetable: bool = True
+    cls: type[Attack] | None = None
 
     def cases(self) -> list[tuple[str, str, float]]:
         return [(f"{self.name}-{n}", n, self.eps[n]) for n in self.norms]
 
 
-ATTACKS: list[AttackInfo] = [
-    AttackInfo("FGSM", lambda n, e: advkit.FGSM(norm=n, eps=e)),
-    AttackInfo("BIM", lambda n, e: advkit.BIM(norm=n, eps=e, steps=4)),
-    AttackInfo("PGD", lambda n, e: advkit.PGD(norm=n, eps=e, steps=4, restarts=2), randomized=True),
+COMPOSITES: dict[str, Callable[[str, float], Attack]] = {
+    # APGD-T on 2 targets.
+    "MultiTargeted": lambda n, e: advkit.MultiTargeted(
+        advkit.APGD(norm=n, eps=e, steps=3, objective=objectives.dlr), num_targets=2
+    ),
+    "Ensemble": lambda n, e: advkit.Ensemble(
+        [advkit.FGSM(norm=n, eps=e), advkit.PGD(norm=n, eps=e, steps=2)]
+    ),
+    "Sweep": lambda n, e: advkit.Sweep(advkit.PGD(norm=n, steps=2), eps=[e / 4, e / 2, e]),
+}
+RANDOMIZED = {"PGD", "APGD", "UniformNoise", "GaussianNoise", "MultiTargeted", "Ensemble", "Sweep"}
+
+
+def _from_registry(entry: AttackEntry) -> AttackInfo:
+    if entry.name in COMPOSITES:
+        make = COMPOSITES[entry.name]
+    elif entry.kind == "minimal-norm":
+
+        def make(n: str, e: float, entry: AttackEntry = entry) -> Attack:
+            return entry.cls(norm=n, **entry.quick)
+
+    else:
+
+        def make(n: str, e: float, entry: AttackEntry = entry) -> Attack:
+            return entry.cls(norm=n, eps=e, **entry.quick)
+
+    probe = make(entry.norms[0], 0.1)
+    return AttackInfo(
+        entry.name,
+        make,
+        norms=entry.norms,
+        randomized=entry.name in RANDOMIZED,
+        gradient=entry.kind not in ("noise",),
+        minimal=probe.minimal,
+        targetable=entry.cls is not advkit.MultiTargeted,
+        cls=entry.cls,
+    )
+
+
+ATTACKS: list[AttackInfo] = [_from_registry(entry) for entry in REGISTRY] + [
     AttackInfo(
         "PGD-margin",
         lambda n, e: advkit.PGD(norm=n, eps=e, steps=3, objective=objectives.margin),
@@ -48,28 +91,30 @@ ATTACKS: list[AttackInfo] = [
         lambda n, e: advkit.PGD(norm=n, eps=e, steps=3, step_size=e / 2, random_init=False),
     ),
     AttackInfo(
-        "UniformNoise",
-        lambda n, e: advkit.UniformNoise(norm=n, eps=e, restarts=2),
+        "APGD-dlr-earlystop",
+        lambda n, e: advkit.APGD(
+            norm=n, eps=e, steps=9, objective=objectives.dlr, early_stop=True
+        ),
         randomized=True,
-        gradient=False,
     ),
     AttackInfo(
-        "GaussianNoise",
-        lambda n, e: advkit.GaussianNoise(norm=n, eps=e),
-        randomized=True,
-        gradient=False,
-    ),
-    AttackInfo(
-        "DeepFool",
-        lambda n, e: advkit.DeepFool(norm=n, steps=5, candidates=3),
+        "Ensemble-minimal",
+        lambda n, e: advkit.Ensemble(
+            [
+                advkit.DeepFool(norm=n, steps=3, candidates=3),
+                advkit.Sweep(advkit.PGD(norm=n, steps=2), eps=[e / 2, e]),
+            ]
+        ),
         norms=("l2", "linf"),
+        randomized=True,
         minimal=True,
     ),
     AttackInfo(
-        "CW",
-        lambda n, e: advkit.CW(steps=6, search_steps=2, initial_const=1.0),
-        norms=("l2",),
-        minimal=True,
+        "Ensemble-nested",
+        lambda n, e: advkit.Ensemble(
+            [advkit.Ensemble([advkit.FGSM(norm=n)]), advkit.APGD(norm=n, steps=2)], eps=e
+        ),
+        randomized=True,
     ),
 ]
 

@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from advkit import objectives
-from advkit.attacks import BIM, CW, FGSM, PGD, Attack, DeepFool, GaussianNoise, UniformNoise
+from advkit.attacks import Attack
+from advkit.attacks.registry import by_cli_name
 from advkit.checks import AdvkitError, ConfigError
 from advkit.distributed import init_from_env, is_main, shutdown
 from advkit.evaluation import evaluate
@@ -36,16 +37,8 @@ from advkit.models import Classifier, wrap
 
 __all__ = ["ATTACKS", "main", "parse_attack", "parse_eps", "parse_number"]
 
-ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM,
-    "bim": BIM,
-    "pgd": PGD,
-    "deepfool": DeepFool,
-    "cw": CW,
-    "uniform": UniformNoise,
-    "gaussian": GaussianNoise,
-}
-"""The attacks ``--attack`` knows, by name."""
+ATTACKS: dict[str, Callable[..., Attack]] = by_cli_name()
+"""The attacks ``--attack`` knows, by name (from `advkit.attacks.registry`)."""
 
 _OBJECTIVES = {
     "cross_entropy": objectives.cross_entropy,

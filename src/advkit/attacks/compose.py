@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from advkit import checks
-from advkit.attacks.base import Attack, Found, finish_minimal
+from advkit.attacks.base import Attack, Found, MinNormAttack, finish_minimal
 from advkit.attacks.oracle import Oracle
 from advkit.attacks.task import Task, fork_generator
 from advkit.attacks.tracking import BestByDistance, BestByObjective
@@ -104,21 +104,22 @@ class Ensemble(Attack):
     evaluation of adversarial robustness with an ensemble of diverse parameter-free
     attacks", ICML 2020).
 
-    With a budget (``eps`` here or in the call) it is a fixed-eps attack: a
-    sample is broken when some member finds an adversarial in the ball.
+    With a budget (``eps`` here or in the call; by default the budget the
+    fixed-eps members were built with, when they agree on one) it is a
+    fixed-eps attack: a sample is broken when some member finds an adversarial
+    in the ball.
     Fixed-eps members run at that budget (the call's budget overrides their
     own, as for any attack); minimal-norm members run budgeted (what they find
     is projected onto the ball and re-scored). The result holds, per sample,
     the point of the first member that broke it, or, where none did, the
     members' candidate with the highest ``objective``.
 
-    Without a budget, an ensemble whose members need none (minimal-norm
-    attacks, or fixed-eps attacks built with their own ``eps``) is itself a
-    minimal-norm attack: per sample, the smallest adversarial perturbation any
-    member found (``inf`` where none). A minimal-norm member runs on every
-    sample not yet at distance 0 and is told the distance to beat
-    (`Task.bar`); a fixed-eps member runs on the samples no member broke
-    within its own ``eps``.
+    An ensemble of minimal-norm members (`advkit.DeepFool`, `advkit.CW`,
+    `advkit.Sweep`, ...) called without a budget is itself a minimal-norm
+    attack: per sample, the smallest adversarial perturbation any member found
+    (``inf`` where none); each member runs on every sample not yet at
+    distance 0 and is told the distance to beat (`Task.bar`), which a
+    `advkit.Sweep` uses to skip the budgets already broken.
 
     Samples the model already misclassifies are never attacked (their
     result is the clean input). Members get independent random draws (keyed
@@ -166,10 +167,13 @@ class Ensemble(Attack):
         shared_seed: bool = False,
     ) -> None:
         self.members = name_attacks(attacks)
+        if eps is None:  # the members' own budget, when the fixed-eps ones agree on one
+            own = {a.eps for _, a in self.members if not a.minimal}
+            eps = own.pop() if len(own) == 1 else None
         super().__init__(norm=self.members[0][1].norm, eps=eps, objective=objective)
         self.independent = bool(independent)
         self.shared_seed = bool(shared_seed)
-        self.minimal = eps is None and all(a.minimal or a.eps is not None for _, a in self.members)
+        self.minimal = eps is None and all(a.minimal for _, a in self.members)
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -185,7 +189,7 @@ class Ensemble(Attack):
         return f"Ensemble({{{inner}}}{extra})"
 
     def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
-        if task.eps is None:
+        if self.minimal:  # budgeted or not, the result reads as a minimal-norm attack's
             return finish_minimal(self, oracle, task, found)
         return super().finish(oracle, task, found)
 
@@ -219,8 +223,7 @@ class Ensemble(Attack):
             bar = start if self.independent else tracker.distance
             if task.bar is not None:
                 bar = torch.minimum(bar, task.bar.to(bar.dtype))
-            need = 0.0 if member.minimal or member.eps is None else member.eps
-            rows = _rows(bar > need)
+            rows = _rows(bar > 0)
             if rows.numel() == 0:
                 continue
             sub = task.subset(rows)
@@ -295,7 +298,7 @@ class MultiTargeted(Attack):
         return {"attack": self.attack, "num_targets": self.num_targets}
 
     def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
-        if task.eps is None:
+        if self.minimal:  # budgeted or not, the result reads as a minimal-norm attack's
             return finish_minimal(self, oracle, task, found)
         return super().finish(oracle, task, found)
 
@@ -339,7 +342,7 @@ class MultiTargeted(Attack):
         return Found(tracker.x, tracker.logits, {**extras, "broken_by": broken_by})
 
 
-class Sweep(Attack):
+class Sweep(MinNormAttack):
     """An attack over a grid of budgets, as a minimal-norm attack: how `advkit.evaluate`
     runs a fixed-eps attack over its eps grid.
 

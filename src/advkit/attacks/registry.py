@@ -10,6 +10,7 @@ oracle test.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,9 @@ from advkit.attacks.deepfool import DeepFool
 from advkit.attacks.fast_gradient import FGSM
 from advkit.attacks.noise import GaussianNoise, UniformNoise
 from advkit.attacks.pgd import BIM, PGD
+from advkit.objectives import dlr
 
-__all__ = ["REGISTRY", "AttackEntry", "by_class_name", "by_cli_name"]
+__all__ = ["PRESETS", "REGISTRY", "AttackEntry", "Preset", "by_class_name", "by_cli_name"]
 
 
 @dataclass(frozen=True)
@@ -157,9 +159,46 @@ REGISTRY: tuple[AttackEntry, ...] = (
 """Every public attack, in the order the tables list them."""
 
 
-def by_cli_name() -> dict[str, type[Attack]]:
-    """The command line's attack names: ``{name: class}``."""
-    return {e.cli: e.cls for e in REGISTRY if e.cli is not None}
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration built from registered attacks (the command line's names for
+    compositions, e.g. ``apgd-t``).
+
+    Attributes:
+        build: ``(norm=..., **settings) -> Attack``.
+        summary: what it is, in one line.
+    """
+
+    build: Callable[..., Attack]
+    summary: str
+
+
+def _apgd_dlr(**settings: Any) -> Attack:
+    return APGD(objective=dlr, **settings)
+
+
+def _apgd_t(num_targets: int | None = None, **settings: Any) -> Attack:
+    return MultiTargeted(APGD(objective=dlr, **settings), num_targets=num_targets)
+
+
+PRESETS: dict[str, Preset] = {
+    "apgd-ce": Preset(APGD, "APGD on the cross-entropy (the same as apgd)"),
+    "apgd-dlr": Preset(_apgd_dlr, "APGD on the DLR loss"),
+    "apgd-t": Preset(
+        _apgd_t,
+        "APGD-T: MultiTargeted(APGD(objective=dlr)) over the top num_targets classes "
+        "(default min(9, C - 1))",
+    ),
+}
+"""Command-line names of common compositions; options go to the inner attack, except
+``num_targets``."""
+
+
+def by_cli_name() -> dict[str, Callable[..., Attack]]:
+    """The command line's attack names: ``{name: class or preset builder}``."""
+    out: dict[str, Callable[..., Attack]] = {e.cli: e.cls for e in REGISTRY if e.cli is not None}
+    out.update({name: p.build for name, p in PRESETS.items()})
+    return out
 
 
 def by_class_name() -> dict[str, AttackEntry]:
