@@ -39,6 +39,7 @@ from advkit.distributed import (
     all_gather_rows,
     all_reduce_max,
     all_reduce_sum,
+    collective_device,
     rank_world,
 )
 from advkit.models import Classifier, model_guard, wrap
@@ -881,14 +882,9 @@ def evaluate(
 
 
 def _comm(dev: torch.device) -> torch.device:
-    """The device for this process group's collectives (the GPU under NCCL, else the CPU)."""
-    import torch.distributed as dist
-
-    if rank_world()[1] > 1 and dist.get_backend() == "nccl":
-        # This rank's GPU: the one it computes on (not the current device, which is GPU 0
-        # on every rank unless the program called torch.cuda.set_device).
-        return dev if dev.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """The device for this process group's collectives: `advkit.distributed.collective_device`
+    of the compute device, the rule `all_gather_rows` follows too."""
+    return collective_device(dev)
 
 
 def _counts(report: RobustnessReport) -> Tensor:
