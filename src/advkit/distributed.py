@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sized
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,8 +52,8 @@ def shard_range(n: int, rank: int | None = None, world: int | None = None) -> ra
     once, and differ in length by at most one: nothing is padded or repeated.
 
     Example:
-        >>> [list(shard_range(5, r, 2)) for r in range(2)]
-        [[0, 1], [2, 3, 4]]
+        >>> shard_range(5, 0, 2), shard_range(5, 1, 2)
+        (range(0, 2), range(2, 5))
     """
     if rank is None or world is None:
         rank, world = rank_world()
@@ -92,12 +91,6 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def _on_cpu(item: Any) -> bool:
-    """Whether a dataset item holds CPU tensors only (they can be pinned for fast copies)."""
-    parts = item if isinstance(item, (tuple, list)) else (item,)
-    return all(p.device.type == "cpu" for p in parts if isinstance(p, Tensor))
 
 
 def collective_device(device: str | torch.device | None = None) -> torch.device:
