@@ -666,22 +666,46 @@ FINGERPRINT = (
 
 
 def test_callable_fingerprints_are_the_same_in_every_process() -> None:
-    """No address, no hash-randomized order (a set constant) in a lambda's fingerprint."""
+    """No address, no hash-randomized order (a set constant) in a lambda's fingerprint: a
+    process with another string-hash seed computes the same one."""
     from ._io_worker import SET_OBJECTIVE
 
     expected = json.dumps(advio._hashing.describe_callable(SET_OBJECTIVE), sort_keys=True)
     assert "sha256" in expected
     code = FINGERPRINT.format(root=str(ROOT), name="SET_OBJECTIVE")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**_env(), "PYTHONHASHSEED": str(seed)},
-        )
-        for seed in (1, 2)
-    ]
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()
-        assert out.decode().strip() == expected
+    env = {**_env(), "PYTHONHASHSEED": "0" if sys.flags.hash_randomization else "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=True
+    )
+    assert out.stdout.decode().strip() == expected
+
+
+class _Weighted:
+    """A callable object: fingerprinted by its class, its attributes and its __call__."""
+
+    def __init__(self, k: float) -> None:
+        self.k = k
+
+    def __call__(self, z: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
+        return advkit.objectives.margin(z, y, t) * self.k
+
+
+def test_how_callables_are_described() -> None:
+    describe = advio._hashing.describe_callable
+    # importable by name: the name, as in manifests written before fingerprints existed
+    assert describe(advkit.objectives.margin) == "advkit.objectives.margin"
+    assert describe(advkit.targets.shift(2)) == "advkit.targets.Shift(k=2)"
+    assert describe(_scaled) == "tests.test_io._scaled"
+    # read by content: equal when they compute the same, different otherwise
+    assert describe(_Weighted(1.0)) == describe(_Weighted(1.0)) != describe(_Weighted(2.0))
+    assert describe(_Weighted(1.0).__call__) != describe(_Weighted(2.0).__call__)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net, other = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert describe(net) != describe(other)  # a model by its weights, not its repr
+    weights = torch.arange(3.0)
+    by_tensor = [describe(lambda z, y, t, w=w: z @ w) for w in (weights, weights + 1)]
+    assert by_tensor[0] != by_tensor[1]  # a default argument, by content
+    assert describe(lambda z, y, t: weights) == describe(lambda z, y, t: weights)
+    gen = torch.Generator()  # no state advkit can read, no repr of its own
+    assert "unverified" in describe(lambda z, y, t: gen)
