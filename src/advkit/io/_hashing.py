@@ -159,6 +159,8 @@ def describe_callable(obj: Any) -> Any:
         desc = _callable(obj, set()) if callable(obj) else _value(obj, set())
     except _Unreadable as err:
         return {"callable": name, "unverified": str(err)}
+    except RecursionError:
+        return {"callable": name, "unverified": "objects nested too deeply to read"}
     if isinstance(desc, str):
         return desc
     digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
@@ -322,14 +324,16 @@ def _value(v: Any, seen: set[int]) -> Any:
         return {"module": v.__name__}
     if isinstance(v, enum.Enum):
         return {"enum": f"{type(v).__module__}.{type(v).__qualname__}.{v.name}"}
-    if isinstance(v, (list, tuple)):
-        return {type(v).__name__: [_value(x, seen) for x in v]}
-    if isinstance(v, (set, frozenset)):
-        items = sorted(json.dumps(_value(x, seen), sort_keys=True) for x in v)
-        return {"set": items}
-    if isinstance(v, dict):
-        pairs = [(_value(k, seen), _value(x, seen)) for k, x in v.items()]
-        return {"dict": sorted(pairs, key=lambda kv: json.dumps(kv, sort_keys=True))}
+    if isinstance(v, (list, tuple, set, frozenset, dict)):
+        if id(v) in seen:  # a container that holds itself
+            return {"recursion": type(v).__name__}
+        inner = seen | {id(v)}
+        if isinstance(v, dict):
+            pairs = [(_value(k, inner), _value(x, inner)) for k, x in v.items()]
+            return {"dict": sorted(pairs, key=lambda kv: json.dumps(kv, sort_keys=True))}
+        if isinstance(v, (set, frozenset)):
+            return {"set": sorted(json.dumps(_value(x, inner), sort_keys=True) for x in v)}
+        return {type(v).__name__: [_value(x, inner) for x in v]}
     if isinstance(v, types.CodeType):
         return _code(v)
     if isinstance(v, nn.Module):
