@@ -55,6 +55,13 @@ def make_model() -> advkit.Classifier:
     return advkit.wrap(net.eval(), bounds=(0, 1), mean=0.5, std=0.25)
 
 
+# A lambda objective with a set constant (iterated in hash order): its fingerprint must not
+# depend on the process (see test_callable_fingerprints_are_the_same_in_every_process).
+SET_OBJECTIVE = lambda z, y, t: advkit.objectives.margin(z, y, t) * (  # noqa: E731
+    2.0 if str(z.dtype) in {"torch.float32", "torch.float64", "torch.bfloat16"} else 1.0
+)
+
+
 def make_attack() -> advkit.PGD:
     return advkit.PGD(norm="l2", eps=0.6, steps=4, step_size=0.2)
 

@@ -159,3 +159,54 @@ def test_two_gloo_ranks_match_one_process_bit_for_bit(tmp_path: Path) -> None:
         assert _strip(ranks[r]["loader"]) == expected
         assert _strip(ranks[r]["tiny"]) == _strip(tiny.to_dict())
         assert [rec["index"] for rec in ranks[r]["report"]["records"]] == list(range(N_ODD))
+
+
+def _fake_nccl_group(monkeypatch: pytest.MonkeyPatch, backend: str = "nccl") -> None:
+    """Two ranks on `backend`, GPU 0 current (no set_device), without a GPU or a group."""
+    import advkit.distributed as ad
+    import advkit.evaluation as ev
+
+    monkeypatch.setattr(ad, "rank_world", lambda: (1, 2))
+    monkeypatch.setattr(ev, "rank_world", lambda: (1, 2))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.mark.parametrize(
+    ("compute", "expected"),
+    [("cuda:1", "cuda:1"), ("cuda:0", "cuda:0"), ("cuda", "cuda:0"), ("cpu", "cuda:0")],
+)
+def test_one_nccl_device_rule_for_evaluate_and_all_gather_rows(
+    monkeypatch: pytest.MonkeyPatch, compute: str, expected: str
+) -> None:
+    """Under NCCL, evaluate's collectives and all_gather_rows must use the same GPU: the
+    rank's compute device (here cuda:1 while GPU 0 is current), else the current one."""
+    import advkit.distributed as ad
+    from advkit.evaluation import _comm
+
+    _fake_nccl_group(monkeypatch)
+    dev = torch.device(compute)
+    assert ad.collective_device(dev) == torch.device(expected)
+    assert _comm(dev) == ad.collective_device(dev)  # evaluate follows the one rule
+
+    # all_gather_rows asks the same rule about the device of the tensor it gathers
+    asked: list[torch.device] = []
+    monkeypatch.setattr(ad, "collective_device", lambda d=None: asked.append(d) or "cpu")
+
+    def fake_all_gather(out: list[torch.Tensor], t: torch.Tensor) -> None:
+        for o in out:
+            o.copy_(t)
+
+    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+    rows = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(ad.all_gather_rows(rows), torch.cat([rows, rows]))
+    assert asked == [rows.device]
+
+
+def test_gloo_collectives_stay_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import advkit.distributed as ad
+    from advkit.evaluation import _comm
+
+    _fake_nccl_group(monkeypatch, backend="gloo")
+    for d in ("cuda:1", "cpu"):
+        assert ad.collective_device(d) == _comm(torch.device(d)) == torch.device("cpu")

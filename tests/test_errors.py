@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -231,3 +233,66 @@ def test_checks_run_even_when_an_attack_never_calls_the_model(setup: Any) -> Non
         Identity(eps=0.1)(model, x, y + 5)
     res = Identity(eps=0.1)(model, x, y)
     assert res.forward_passes == 1  # the verdict on x_adv, which runs the checks
+
+
+@pytest.mark.parametrize(
+    "eps", [np.float32(0.1), np.float64(0.1), np.float16(0.1), np.int64(0), 0, 0.1]
+)
+def test_numpy_real_scalars_are_budgets_like_floats(setup: Any, eps: Any) -> None:
+    """Any real scalar is a budget: np.float32 like np.float64 (a float subclass) and float."""
+    model, x, y = setup
+    assert checks.check_eps(eps, 1) == float(eps)
+    assert isinstance(checks.check_eps(eps, 1), float)
+    assert advkit.PGD(eps=eps, steps=1).eps == float(eps)
+    res = advkit.FGSM()(model, x, y, eps=eps)
+    assert float(res.distance.max()) <= float(eps) + 1e-6
+    assert checks.check_positive(np.float32(0.5), "step_size") == 0.5
+    assert checks.check_positive_int(np.int64(3), "steps") == 3
+    with pytest.raises(checks.ConfigError, match="float or a tensor"):
+        checks.check_eps(np.bool_(True), 1)
+    with pytest.raises(checks.ConfigError, match="finite and >= 0"):
+        checks.check_eps(np.float32("nan"), 1)
+
+
+def test_robust_accuracy_takes_numpy_scalars_and_tensors() -> None:
+    r = advkit.AttackResult(
+        x_adv=torch.zeros(4, 1),
+        success=torch.tensor([True, True, True, False]),
+        distance=torch.tensor([0.05, 0.5, 2.0, math.inf]),
+        logits=torch.zeros(4, 2),
+        labels=torch.zeros(4, dtype=torch.long),
+        targets=None,
+        norm="l2",
+        forward_passes=1,
+        backward_passes=0,
+    )
+    for eps in (0.1, np.float32(0.1), np.float64(0.1), torch.tensor(0.1)):
+        assert r.robust_accuracy(eps) == 0.75
+    curve = [0.75, 0.5]
+    assert r.robust_accuracy([np.float32(0.1), 1]) == curve
+    assert r.robust_accuracy(torch.tensor([0.1, 1.0])) == curve
+    assert r.robust_accuracy(np.array([0.1, 1.0])) == curve
+    with pytest.raises(checks.ConfigError, match="sequence of numbers"):
+        r.robust_accuracy("0.1")  # type: ignore[arg-type]
+
+
+def test_inputs_that_require_grad_give_no_scalar_conversion_warning(setup: Any) -> None:
+    model, x, y = setup
+    x = x.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "requires_grad=True to a scalar" UserWarning
+        checks.check_inputs(x, (0.0, 1.0))
+        res = advkit.FGSM(eps=0.1)(model, x, y)
+    assert x.grad is None and x.requires_grad  # the caller's tensor is left as it was
+    assert not res.x_adv.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8])
+def test_labels_of_every_integer_dtype_pass_the_checks_as_int64(dtype: torch.dtype) -> None:
+    y = torch.tensor([0, 3, 1, 2], dtype=dtype)
+    out = checks.check_labels(y, 4, 5)
+    assert out.dtype == torch.int64 and torch.equal(out, y.long())
+    t = checks.check_targets(torch.tensor([1, 4, 0, 3], dtype=dtype), y, 5)
+    assert t.dtype == torch.int64
+    with pytest.raises(checks.LabelError, match=r"lie in \[0, 4\]"):
+        checks.check_labels(torch.tensor([0, 5, 1, 2], dtype=dtype), 4, 5)

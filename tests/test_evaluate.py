@@ -370,3 +370,35 @@ def test_duplicate_attacks_are_numbered() -> None:
     ds = TensorDataset(torch.rand(10, 4), torch.randint(0, 3, (10,)))
     report = evaluate(net, ds, [advkit.PGD(steps=2), advkit.PGD(steps=3)], eps=0.1, progress=False)
     assert [a.name for a in report.attacks] == ["PGD", "PGD#2"]
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_integer_labels_of_any_dtype(
+    digits: tuple[torch.nn.Module, TensorDataset], dtype: torch.dtype
+) -> None:
+    """Labels become int64 once, where the batches are read: the report equals an int64 one."""
+    model, data = digits
+    x, y = (t[:40] for t in data.tensors)
+    pgd = advkit.PGD(norm="linf", steps=2)
+    kw: dict[str, Any] = {"eps": [0.05, 0.1], "batch_size": 20, "progress": False}
+    expected = evaluate(model, TensorDataset(x, y), pgd, **kw)
+    report = evaluate(model, TensorDataset(x, y.to(dtype)), pgd, **kw)
+    assert report.labels.dtype == torch.int64
+    assert report.to_dict(records=True)["records"] == expected.to_dict(records=True)["records"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_evaluate_leaves_the_global_rng_alone(
+    digits: tuple[torch.nn.Module, TensorDataset], workers: int
+) -> None:
+    """The DataLoader's worker seeds come from the call's seed, not from the global RNG."""
+    model, data = digits
+    data = TensorDataset(*(t[:40] for t in data.tensors))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    kw: dict[str, Any] = {"eps": [0.1], "progress": False, "num_workers": workers}
+    evaluate(model, data, advkit.PGD(steps=2, random_init=True), batch_size=20, **kw)
+    assert torch.equal(torch.get_rng_state(), before)
+    loader = DataLoader(data, batch_size=20, num_workers=workers)
+    evaluate(model, loader, advkit.PGD(steps=2, random_init=True), **kw)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -153,7 +154,8 @@ def test_refuses_shuffling_loader_and_iterable_dataset(tmp_path: Path) -> None:
         def __iter__(self):  # type: ignore[no-untyped-def]
             yield from zip(Data().x, Data().y, strict=True)
 
-    with pytest.raises(advkit.ConfigError, match="map-style"):
+    # bad data is an InputError, bad settings a ConfigError, as in evaluate (one data layer)
+    with pytest.raises(advkit.InputError, match="map-style"):
         advio.export(make_model(), Stream(), make_attack(), tmp_path)
     with pytest.raises(advkit.ConfigError, match="storage"):
         run(tmp_path, storage="float16")
@@ -222,8 +224,8 @@ def test_uint8_in_ball_and_box(tmp_path: Path, norm: str, eps_levels: float, gri
     assert v.dtype == torch.float32
     assert bool((v >= 0).all() and (v <= 1).all())
     assert bool(torch.isin(v, LEVELS).all())  # one of the 256 levels
-    dist = attack.norm.measure(v - data.x)
-    assert bool((dist.double() <= eps).all()), (dist.max().item(), eps)
+    dist = attack.norm.measure(v.double() - data.x.double())
+    assert bool((dist <= eps).all()), (dist.max().item(), eps)
     with torch.no_grad():
         pred = model(v).argmax(1)
     assert torch.equal(got["success"], pred != data.y)
@@ -505,10 +507,205 @@ def test_helpers_reject_bad_arguments(tmp_path: Path) -> None:
         run(tmp_path, batch_size=0)
     with pytest.raises(advkit.ConfigError, match="Attack"):
         advio.export(make_model(), Data(), "pgd", tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(advkit.ConfigError, match="empty"):
+    with pytest.raises(advkit.InputError, match="empty"):
         advio.export(make_model(), TensorDataset(torch.zeros(0, 3)), make_attack(), tmp_path)
     with pytest.raises(advkit.ConfigError, match="needs eps"):
         advio.export(nn.Linear(16, 3), Data(), advkit.PGD(steps=1), tmp_path)
     run(tmp_path)
     with pytest.raises(advkit.ConfigError, match="relabel"):
         advio.AdversarialDataset(tmp_path, relabel="prediction")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- labels, RNG
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_integer_labels_of_any_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
+    """Labels become int64 once, where the batches are read: the export equals an int64 one."""
+    data = Data()
+    run(tmp_path / "int64", shard_size=45, batch_size=45)
+    data.y = data.y.to(dtype)
+    kw: dict[str, Any] = {"batch_size": 45, "shard_size": 45, "seed": 5}
+    advio.export(make_model(), data, make_attack(), tmp_path / "other", **kw,
+                 targets=advkit.targets.random())  # fmt: skip
+    a, b = advio.load(tmp_path / "int64"), advio.load(tmp_path / "other")
+    assert b["label"].dtype == torch.int64
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_export_leaves_the_global_rng_alone(tmp_path: Path, workers: int) -> None:
+    """The DataLoader's worker seeds come from the call's seed, not from the global RNG."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    run(tmp_path / "ds", num_workers=workers, shard_size=45, batch_size=45)
+    assert torch.equal(torch.get_rng_state(), before)
+    loader = DataLoader(Data(), batch_size=45, num_workers=workers)
+    advio.export(make_model(), loader, make_attack(), tmp_path / "dl", shard_size=45, seed=5,
+                 targets=advkit.targets.random())  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), before)
+    a, b = advio.load(tmp_path / "ds"), advio.load(tmp_path / "dl")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_progress_without_tqdm_is_an_import_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in evaluate: a missing optional package is an ImportError naming the extra."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    with pytest.raises(ImportError, match=r"advkit\[progress\]"):
+        run(tmp_path, progress=True)
+    assert run(tmp_path, progress=None).shards_written == 6  # default-like: silently no bar
+
+
+# --------------------------------------------------------------------------- callables
+
+
+def _scaled(logits: torch.Tensor, labels: torch.Tensor, targets: Any, k: float) -> torch.Tensor:
+    return advkit.objectives.margin(logits, labels, targets) * k
+
+
+def _clamped(k: float) -> Any:
+    def objective(logits: torch.Tensor, labels: torch.Tensor, targets: Any) -> torch.Tensor:
+        return advkit.objectives.margin(logits, labels, targets).clamp(max=k)
+
+    return objective
+
+
+# (first objective, another one, one equal to the first), per kind of unnamed callable
+OBJECTIVES = {
+    "lambda": (
+        lambda: lambda z, y, t: advkit.objectives.margin(z, y, t),
+        lambda: lambda z, y, t: advkit.objectives.cross_entropy(z, y, t),
+    ),
+    "closure": (lambda: _clamped(1.0), lambda: _clamped(2.0)),
+    "partial": (
+        lambda: functools.partial(_scaled, k=1.0),
+        lambda: functools.partial(_scaled, k=2.0),
+    ),
+}
+
+
+def _kill_after_five_shards(path: Path) -> None:
+    """What a run killed before its last shard leaves: 5 of 6 shards, an open manifest."""
+    (path / "shard-00005.safetensors").unlink()
+    m = json.loads((path / "manifest.json").read_text())
+    m["complete"], m["shards"] = False, []
+    del m["summary"]
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("kind", sorted(OBJECTIVES))
+def test_resume_with_another_objective_is_refused(tmp_path: Path, kind: str) -> None:
+    """Two lambdas (closures, partials) used to share a fingerprint, so a resumed export
+    mixed shards of two objectives; they are now told apart by what they compute."""
+    first, other = OBJECTIVES[kind]
+
+    def attack(objective: Any) -> advkit.Attack:
+        return advkit.PGD(norm="l2", eps=0.6, steps=2, step_size=0.3, objective=objective)
+
+    kw: dict[str, Any] = {"batch_size": 9, "shard_size": SHARD, "seed": 5}
+    advio.export(make_model(), Data(), attack(first()), tmp_path, **kw)
+    _kill_after_five_shards(tmp_path)
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(advio.ManifestMismatchError, match=r"attack\.objective"):
+        advio.export(make_model(), Data(), attack(other()), tmp_path, **kw)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == files  # untouched
+    # the same computation, built anew (another object, same code and values): resumes
+    report = advio.export(make_model(), Data(), attack(first()), tmp_path, **kw)
+    assert (report.shards_reused, report.shards_written) == (5, 1)
+
+
+def test_resume_with_another_target_map_is_refused(tmp_path: Path) -> None:
+    def shift(k: int) -> Any:
+        return lambda logits, labels, generator: (labels + k) % logits.shape[1]
+
+    run(tmp_path, targets=shift(1))
+    _kill_after_five_shards(tmp_path)
+    with pytest.raises(advio.ManifestMismatchError, match=r"call\.targets"):
+        run(tmp_path, targets=shift(2))
+    assert run(tmp_path, targets=shift(1)).shards_reused == 5
+    got = advio.load(tmp_path)
+    assert torch.equal(got["target"], (got["label"] + 1) % 4)
+
+
+class _Opaque:
+    """An object advkit cannot read: no state it can see, no repr of its own."""
+
+    __slots__ = ()
+
+    def scale(self) -> float:
+        return 1.0
+
+
+def test_unverifiable_objective_resumes_only_when_trusted(tmp_path: Path) -> None:
+    opaque = _Opaque()
+
+    def objective(logits: torch.Tensor, labels: torch.Tensor, targets: Any) -> torch.Tensor:
+        return advkit.objectives.margin(logits, labels, targets) * opaque.scale()
+
+    attack = advkit.PGD(norm="l2", eps=0.6, steps=2, step_size=0.3, objective=objective)
+    kw: dict[str, Any] = {"batch_size": 9, "shard_size": SHARD, "seed": 5}
+    advio.export(make_model(), Data(), attack, tmp_path, **kw)  # a fresh export runs
+    entry = advio.read_manifest(tmp_path)["config"]["attack"]["objective"]
+    assert "_Opaque" in entry["unverified"]
+    _kill_after_five_shards(tmp_path)
+    with pytest.raises(advio.ManifestMismatchError, match="trust_callables=True"):
+        advio.export(make_model(), Data(), attack, tmp_path, **kw)
+    report = advio.export(make_model(), Data(), attack, tmp_path, **kw, trust_callables=True)
+    assert (report.shards_reused, report.shards_written) == (5, 1)
+    with pytest.raises(advio.ManifestMismatchError, match="trust_callables"):
+        advio.export(make_model(), Data(), attack, tmp_path, **kw)  # nor a finished one
+
+
+FINGERPRINT = (
+    "import json, sys; sys.path.insert(0, {root!r}); from tests._io_worker import {name}; "
+    "from advkit.io._hashing import describe_callable; "
+    "print(json.dumps(describe_callable({name}), sort_keys=True))"
+)
+
+
+def test_callable_fingerprints_are_the_same_in_every_process() -> None:
+    """No address, no hash-randomized order (a set constant) in a lambda's fingerprint: a
+    process with another string-hash seed computes the same one."""
+    from ._io_worker import SET_OBJECTIVE
+
+    expected = json.dumps(advio._hashing.describe_callable(SET_OBJECTIVE), sort_keys=True)
+    assert "sha256" in expected
+    code = FINGERPRINT.format(root=str(ROOT), name="SET_OBJECTIVE")
+    env = {**_env(), "PYTHONHASHSEED": "0" if sys.flags.hash_randomization else "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=True
+    )
+    assert out.stdout.decode().strip() == expected
+
+
+class _Weighted:
+    """A callable object: fingerprinted by its class, its attributes and its __call__."""
+
+    def __init__(self, k: float) -> None:
+        self.k = k
+
+    def __call__(self, z: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
+        return advkit.objectives.margin(z, y, t) * self.k
+
+
+def test_how_callables_are_described() -> None:
+    describe = advio._hashing.describe_callable
+    # importable by name: the name, as in manifests written before fingerprints existed
+    assert describe(advkit.objectives.margin) == "advkit.objectives.margin"
+    assert describe(advkit.targets.shift(2)) == "advkit.targets.Shift(k=2)"
+    assert describe(_scaled) == "tests.test_io._scaled"
+    # read by content: equal when they compute the same, different otherwise
+    assert describe(_Weighted(1.0)) == describe(_Weighted(1.0)) != describe(_Weighted(2.0))
+    assert describe(_Weighted(1.0).__call__) != describe(_Weighted(2.0).__call__)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net, other = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert describe(net) != describe(other)  # a model by its weights, not its repr
+    weights = torch.arange(3.0)
+    by_tensor = [describe(lambda z, y, t, w=w: z @ w) for w in (weights, weights + 1)]
+    assert by_tensor[0] != by_tensor[1]  # a default argument, by content
+    assert describe(lambda z, y, t: weights) == describe(lambda z, y, t: weights)
+    gen = torch.Generator()  # no state advkit can read, no repr of its own
+    assert "unverified" in describe(lambda z, y, t: gen)

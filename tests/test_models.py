@@ -163,3 +163,72 @@ def test_wrap_follows_the_module_and_the_inputs_device() -> None:
     torch.testing.assert_close(clf(x), expected)
     meta = advkit.wrap(torch.nn.Linear(3, 2).to("meta"), mean=(0.1, 0.2, 0.3))
     assert meta.mean is not None and meta.mean.device.type == "meta"
+
+
+def _bn_mlp() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+
+
+def _state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("kind", ["script", "trace"])
+def test_guard_restores_scripted_and_traced_models(kind: str) -> None:
+    """A ScriptModule's buffer table is not a dict; the guard restores it all the same."""
+    x = torch.rand(5, 4)
+    net = _bn_mlp().train()
+    scripted = torch.jit.script(net) if kind == "script" else torch.jit.trace(net, x)
+    scripted.train()
+    before = _state(scripted)
+    with model_guard(scripted, keep_mode=True):
+        assert not any(p.requires_grad for p in scripted.parameters())
+        scripted(x)  # a train-mode forward moves the BatchNorm statistics
+        assert not torch.equal(scripted.state_dict()["1.running_mean"], before["1.running_mean"])
+    assert all(torch.equal(v, before[k]) for k, v in scripted.state_dict().items())
+    with model_guard(scripted):
+        assert not any(m.training for m in scripted.modules())
+    assert all(m.training for m in scripted.modules())
+    assert all(p.requires_grad for p in scripted.parameters())
+
+    # the reproduction: any attack on a scripted model in train mode
+    y = torch.randint(0, 3, (5,), generator=torch.Generator().manual_seed(0))
+    res = advkit.FGSM(eps=0.1)(scripted, x, y)
+    assert float((res.x_adv - x).abs().max()) <= 0.1 + 1e-7
+    assert all(m.training for m in scripted.modules())
+    assert all(p.requires_grad for p in scripted.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in scripted.state_dict().items())
+
+
+def test_lazy_model_is_refused_and_left_as_found() -> None:
+    net = nn.Sequential(nn.LazyLinear(3)).train()
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    with pytest.raises(advkit.ConfigError, match=r"lazy.*model\(x\)"):
+        advkit.FGSM(eps=0.1)(net, x, y)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    net(x)  # the fix the message names: one forward pass gives the parameters their shapes
+    advkit.FGSM(eps=0.1)(net, x, y)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+
+
+def test_every_restore_step_runs_when_one_fails() -> None:
+    """A restore step that raises does not keep the others from running; its error is raised
+    once they all ran."""
+    net = _bn_mlp().train()
+    before = _state(net)
+    stuck = net[0].weight
+
+    def refuse(*args: Any) -> None:
+        raise RuntimeError("this parameter cannot be restored")
+
+    with pytest.raises(RuntimeError, match="cannot be restored"), model_guard(net):
+        net[1].running_mean.add_(1.0)
+        stuck.requires_grad_ = refuse  # the guard's restore of this parameter fails
+    del stuck.requires_grad_
+    assert all(m.training for m in net.modules())  # modes: restored after the failed step
+    assert all(p.requires_grad for p in net.parameters() if p is not stuck)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

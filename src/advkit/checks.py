@@ -7,6 +7,7 @@ use real exceptions (not ``assert``, which ``python -O`` removes).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -82,8 +83,29 @@ def _describe(t: Any) -> str:
     return type(t).__name__
 
 
+def _is_real(value: Any) -> bool:
+    """A real Python or numpy scalar (``float``, ``int``, ``np.float32``, ...), not a bool.
+
+    numpy registers its real and integer scalars with `numbers`; ``np.bool_``
+    is not registered, and Python's ``bool`` is excluded here.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_float(value: Any) -> float:
+    """``float(value)`` for a real scalar; an integer too large for a float gives +-inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def check_inputs(x: Any, bounds: tuple[float, float]) -> Tensor:
-    """Check that ``x`` is a finite, batched, floating tensor inside ``bounds``."""
+    """Check that ``x`` is a finite, batched, floating tensor inside ``bounds``.
+
+    Reads ``x`` without autograd: an input with ``requires_grad=True`` is
+    checked like any other and left as it is.
+    """
     if not isinstance(x, Tensor):
         raise InputError(f"inputs must be a torch.Tensor, got {_describe(x)}.")
     if not x.is_floating_point():
@@ -100,14 +122,15 @@ def check_inputs(x: Any, bounds: tuple[float, float]) -> Tensor:
         raise InputError("inputs hold an empty batch (B = 0).")
     if x[0].numel() == 0:
         raise InputError(f"inputs have no features per sample (shape {tuple(x.shape)}).")
-    finite = torch.isfinite(x)
+    values = x.detach()  # no "requires_grad tensor to a scalar" warning from the reads below
+    finite = torch.isfinite(values)
     if not bool(finite.all()):
         bad = (~finite).flatten(1).any(dim=1).nonzero().flatten()[:5].tolist()
         raise InputError(
             f"inputs contain NaN or Inf (first samples: {bad}); clean or drop them first."
         )
     lo, hi = bounds
-    xmin, xmax = float(x.min()), float(x.max())
+    xmin, xmax = float(values.min()), float(values.max())
     if xmin < lo or xmax > hi:
         raise BoundsError(
             f"inputs lie in [{xmin:g}, {xmax:g}], outside the model's bounds [{lo:g}, {hi:g}]. "
@@ -119,7 +142,13 @@ def check_inputs(x: Any, bounds: tuple[float, float]) -> Tensor:
 
 
 def check_labels(y: Any, batch: int, num_classes: int, *, name: str = "labels") -> Tensor:
-    """Check that ``y`` is an integer tensor ``(B,)`` with values in ``[0, num_classes)``."""
+    """Check that ``y`` is an integer tensor ``(B,)`` with values in ``[0, num_classes)``.
+
+    Every integer dtype is accepted (``int64``, ``int32`` as numpy often gives,
+    ``int16``, ``int8``, ``uint8``, ...). Returns the labels as ``int64``, the
+    dtype that cross-entropy, ``scatter`` and indexing need (``y`` itself when
+    it is ``int64`` already).
+    """
     if not isinstance(y, Tensor):
         raise LabelError(f"{name} must be a torch.Tensor of class indices, got {_describe(y)}.")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -138,7 +167,7 @@ def check_labels(y: Any, batch: int, num_classes: int, *, name: str = "labels") 
             f"{name} must lie in [0, {num_classes - 1}] for a model with {num_classes} "
             f"classes, got values in [{ymin}, {ymax}]."
         )
-    return y
+    return y.to(torch.int64)
 
 
 def integer_labels(y: Any, *, name: str = "labels") -> Tensor:
@@ -155,7 +184,10 @@ def integer_labels(y: Any, *, name: str = "labels") -> Tensor:
 
 
 def check_targets(t: Any, y: Tensor, num_classes: int) -> Tensor:
-    """Check targets like labels, and that no target equals its sample's label."""
+    """Check targets like labels, and that no target equals its sample's label.
+
+    Returns the targets as ``int64`` (see `check_labels`).
+    """
     checked: Tensor = check_labels(t, y.shape[0], num_classes, name="targets")
     same = checked.to(y.device) == y
     if bool(same.any()):
@@ -168,7 +200,12 @@ def check_targets(t: Any, y: Tensor, num_classes: int) -> Tensor:
 
 
 def check_eps(eps: Any, batch: int, *, name: str = "eps") -> float | Tensor:
-    """Check a budget: a float ``>= 0`` or a tensor of shape ``()`` or ``(B,)``, finite, ``>= 0``."""
+    """Check a budget: a real number ``>= 0`` or a tensor of shape ``()`` or ``(B,)``, finite, ``>= 0``.
+
+    A real number is a Python ``float`` or ``int`` or a numpy real scalar
+    (``np.float32``, ``np.float64``, ``np.int64``, ...); it is returned as a
+    Python ``float``. A tensor is returned as it is.
+    """
     if eps is None:
         raise ConfigError(
             f"{name} is required: give it to the attack's constructor or to the call."
@@ -182,27 +219,35 @@ def check_eps(eps: Any, batch: int, *, name: str = "eps") -> float | Tensor:
         if eps.is_complex() or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
             raise ConfigError(f"{name} must be finite and >= 0, got {eps}.")
         return eps
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if not _is_real(eps):
         raise ConfigError(f"{name} must be a float or a tensor, got {type(eps).__name__}.")
-    if not math.isfinite(eps) or eps < 0:
+    value = _as_float(eps)
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be finite and >= 0, got {eps!r}.")
-    return float(eps)
-
-
-def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Check an integer hyperparameter such as ``steps`` or ``restarts``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return value
 
 
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Check an integer hyperparameter such as ``steps`` or ``restarts``.
+
+    A Python ``int`` or a numpy integer scalar; returned as a Python ``int``.
+    """
+    if not (isinstance(value, numbers.Integral) and _is_real(value)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 def check_positive(value: Any, name: str) -> float:
-    """Check a positive, finite float hyperparameter such as ``step_size``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check a positive, finite real hyperparameter such as ``step_size``.
+
+    A Python or numpy real scalar; returned as a Python ``float``.
+    """
+    if not _is_real(value):
         raise ConfigError(f"{name} must be a positive float, got {type(value).__name__}.")
-    if not math.isfinite(value) or value <= 0:
+    number = _as_float(value)
+    if not math.isfinite(number) or number <= 0:
         raise ConfigError(f"{name} must be finite and > 0, got {value!r}.")
-    return float(value)
+    return number
 
 
 def check_generator(generator: Any, device: torch.device) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sized
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +24,7 @@ __all__ = [
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",
+    "collective_device",
     "init_from_env",
     "is_main",
     "rank_world",
@@ -52,8 +52,8 @@ def shard_range(n: int, rank: int | None = None, world: int | None = None) -> ra
     once, and differ in length by at most one: nothing is padded or repeated.
 
     Example:
-        >>> [list(shard_range(5, r, 2)) for r in range(2)]
-        [[0, 1], [2, 3, 4]]
+        >>> shard_range(5, 0, 2), shard_range(5, 1, 2)
+        (range(0, 2), range(2, 5))
     """
     if rank is None or world is None:
         rank, world = rank_world()
@@ -93,15 +93,25 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _on_cpu(item: Any) -> bool:
-    """Whether a dataset item holds CPU tensors only (they can be pinned for fast copies)."""
-    parts = item if isinstance(item, (tuple, list)) else (item,)
-    return all(p.device.type == "cpu" for p in parts if isinstance(p, Tensor))
+def collective_device(device: str | torch.device | None = None) -> torch.device:
+    """Where tensors must live for this process group's collectives: the one rule.
 
+    With the NCCL backend (and more than one process) each rank must use its
+    own GPU: ``device``, the device this rank computes on, when it is a CUDA
+    device, else the current CUDA device (``torch.cuda.current_device()``,
+    GPU 0 unless the program called ``torch.cuda.set_device``, as
+    `init_from_env` does). With any other backend, or without a process group,
+    the CPU. `advkit.evaluate` passes its compute device, `all_gather_rows`
+    the device of the tensor it gathers, so both send through the same GPU.
 
-def _comm_device() -> torch.device:
-    """Where tensors must live for this process group's collectives."""
-    if dist.get_backend() == "nccl":
+    Example:
+        >>> collective_device("cpu")  # one process
+        device(type='cpu')
+    """
+    if rank_world()[1] > 1 and dist.get_backend() == "nccl":
+        dev = None if device is None else torch.device(device)
+        if dev is not None and dev.type == "cuda" and dev.index is not None:
+            return dev
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -133,9 +143,10 @@ def all_gather_rows(t: Tensor) -> Tensor:
     lengths differ by one, or an empty shard) but must agree in the others and
     in dtype. For the transfer each is padded to the longest with zeros, and
     the padding is cut off again: no row is repeated or lost. Without a process
-    group ``t`` is returned as is. The result lives on ``t``'s device; with the
-    NCCL backend the transfer goes through this rank's GPU, with gloo through
-    the CPU.
+    group ``t`` is returned as is. The result lives on ``t``'s device; the
+    transfer goes through `collective_device` of ``t``'s device: with the NCCL
+    backend this rank's GPU (``t``'s own when it is on a GPU), with gloo the
+    CPU.
 
     Args:
         t: ``(n_rank, ...)`` rows of this rank.
@@ -146,7 +157,7 @@ def all_gather_rows(t: Tensor) -> Tensor:
     world = rank_world()[1]
     if world == 1:
         return t
-    dev = _comm_device()
+    dev = collective_device(t.device)
     local = t.to(dev)
     size = torch.tensor([local.shape[0]], dtype=torch.int64, device=dev)
     sizes = [torch.zeros_like(size) for _ in range(world)]

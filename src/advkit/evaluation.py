@@ -11,37 +11,29 @@ runs under ``torchrun`` on several processes (see `advkit.distributed`).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    IterableDataset,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset
 
 from advkit import checks
+from advkit._data import Progress, load_batches, model_device, resolve
 from advkit.attacks.base import Attack
 from advkit.attacks.compose import Ensemble, Sweep, name_attacks
 from advkit.attacks.oracle import Oracle
 from advkit.attacks.task import Task
 from advkit.distributed import (
-    ShardSampler,
-    _on_cpu,
     all_gather_rows,
     all_reduce_max,
     all_reduce_sum,
+    collective_device,
     rank_world,
 )
 from advkit.functional import KeyedGenerator
@@ -502,136 +494,6 @@ def _check_eps_grid(eps: float | Sequence[float]) -> list[float]:
     return grid
 
 
-def _infer_device(model: nn.Module) -> torch.device:
-    first: Tensor | None = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
-    return torch.device("cpu") if first is None else first.device
-
-
-def _batches(
-    data: Any, batch_size: int, num_workers: int, device: torch.device
-) -> tuple[Iterable[Any], Sequence[int], int]:
-    """The loader to iterate, this rank's dataset indices in loader order, and the dataset length."""
-    rank, world = rank_world()
-    if isinstance(data, DataLoader):
-        dataset = data.dataset
-        if isinstance(dataset, IterableDataset):
-            raise checks.InputError(
-                "evaluate needs each sample's dataset index, which an IterableDataset does not "
-                "have; pass a map-style Dataset (with __len__ and __getitem__)."
-            )
-        sampler = data.sampler
-        if data.batch_size is None or type(data.batch_sampler) is not BatchSampler:
-            raise checks.ConfigError(
-                "evaluate needs a DataLoader with batch_size=... and the default batch sampler "
-                "(it reads each sample's dataset index from the sampler); pass the dataset "
-                "itself instead: evaluate(model, dataset, ..., batch_size=..., num_workers=...)."
-            )
-        if isinstance(sampler, ShardSampler):
-            if (sampler.rank, sampler.world) != (rank, world):
-                raise checks.ConfigError(
-                    f"the loader's ShardSampler is shard {sampler.rank} of {sampler.world}, but "
-                    f"this process is rank {rank} of {world}; build it as ShardSampler(dataset) "
-                    "after initializing torch.distributed."
-                )
-            order: Sequence[int] = sampler.indices
-        elif isinstance(sampler, SequentialSampler):
-            if world > 1:
-                raise checks.ConfigError(
-                    f"this process is rank {rank} of {world}, but the DataLoader reads the whole "
-                    "dataset on every rank; pass the dataset itself (evaluate shards it) or a "
-                    "DataLoader with sampler=advkit.distributed.ShardSampler(dataset)."
-                )
-            order = range(len(sampler))
-        else:
-            raise checks.ConfigError(
-                f"the DataLoader's sampler is a {type(sampler).__name__}: evaluate reads each "
-                "sample's dataset index from the loader's order and cannot follow a shuffled "
-                "or custom sampler. Use shuffle=False (robust accuracy does not depend on the "
-                "order), or pass the dataset itself: evaluate(model, dataset, batch_size=...)."
-            )
-        return data, order, len(dataset)  # type: ignore[arg-type]
-    if isinstance(data, IterableDataset) or not isinstance(data, Dataset):
-        raise checks.InputError(
-            f"data must be a map-style torch Dataset (with __len__ and __getitem__) or a "
-            f"DataLoader over one, got {type(data).__name__}; for tensors use "
-            "torch.utils.data.TensorDataset(x, y)."
-        )
-    try:
-        n = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise checks.InputError(
-            "the dataset has no __len__; evaluate needs a map-style Dataset of known length."
-        ) from None
-    checks.check_positive_int(batch_size, "batch_size")
-    checks.check_positive_int(num_workers, "num_workers", minimum=0)
-    sampler = ShardSampler(n, rank, world)
-    loader = DataLoader(
-        data,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda" and len(sampler) > 0 and _on_cpu(data[sampler.indices[0]]),
-    )
-    return loader, sampler.indices, n
-
-
-def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        x, y = batch[0], batch[1]
-        if isinstance(x, Tensor) and isinstance(y, Tensor):
-            return x, y
-    raise checks.InputError(
-        "each batch must be a pair (inputs, labels) of tensors (the first two items of a tuple "
-        f"or list), got {type(batch).__name__}; wrap the dataset so that it returns (x, y)."
-    )
-
-
-class _Progress:
-    """An optional tqdm bar over samples: robust accuracy so far and images/s."""
-
-    def __init__(self, progress: bool | None, total: int, eps: Sequence[float], world: int) -> None:
-        self.bar: Any = None
-        if progress is False:
-            return
-        try:
-            tqdm = importlib.import_module("tqdm").tqdm
-        except ImportError:
-            if progress:
-                raise ImportError(
-                    "progress=True needs tqdm: pip install 'advkit[progress]' (or tqdm), "
-                    "or pass progress=False."
-                ) from None
-            return
-        isatty = getattr(sys.stderr, "isatty", None)
-        if rank_world()[0] != 0 or not (callable(isatty) and isatty()):
-            return
-        self.eps = list(eps)
-        self.shown = sorted({0, len(self.eps) - 1}) if len(self.eps) > 3 else range(len(self.eps))
-        desc = "evaluate" if world == 1 else f"evaluate (rank 0 of {world})"
-        self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
-        self.done = 0
-        self.robust = [0] * len(self.eps)
-
-    def update(self, robust: Tensor) -> None:
-        if self.bar is None:
-            return
-        self.done += robust.shape[0]
-        counts = robust.sum(dim=0).tolist()
-        self.robust = [a + int(b) for a, b in zip(self.robust, counts, strict=True)]
-        post = " ".join(
-            f"{_format_eps(self.eps[k])}:{100 * self.robust[k] / self.done:.1f}%"
-            for k in self.shown
-        )
-        self.bar.set_postfix_str(f"robust {post}", refresh=False)
-        self.bar.update(robust.shape[0])
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def evaluate(
     model: nn.Module,
     data: Dataset[Any] | DataLoader[Any],
@@ -738,8 +600,16 @@ def evaluate(
     norm = named[0][1].norm.name
     seed = int(seed)
     clf = model if isinstance(model, Classifier) else wrap(model)
-    dev = torch.device(device) if device is not None else _infer_device(clf)
-    loader, order, n_total = _batches(data, batch_size, num_workers, dev)
+    dev = torch.device(device) if device is not None else model_device(clf)
+    source = resolve(
+        data,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        caller="evaluate",
+        shard=True,
+        keep_loader_settings=True,
+    )
+    n_total = source.length
     world = rank_world()[1]
     n_total_t = all_reduce_max(torch.tensor([n_total], dtype=torch.int64, device=_comm(dev)))
     if int(n_total_t) == 0:
@@ -761,24 +631,18 @@ def evaluate(
     label_parts: list[Tensor] = []
     pred_parts: list[Tensor] = []
     dist_parts: dict[str, list[Tensor]] = {name: [] for name, _ in named}
-    bar = _Progress(progress, len(order), grid, world)
+    bar = Progress(
+        progress,
+        total=len(source.indices),
+        desc="evaluate",
+        unit="img",
+        fractions=[_format_eps(e) for e in grid],
+    )
 
-    offset = 0
     try:
         with model_guard(clf), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            for batch in loader:
-                x, y = _unpack(batch)
+            for ids, x, y in load_batches(source, source.plan(), device=dev, seed=seed):
                 b = x.shape[0]
-                if offset + b > len(order):
-                    raise checks.ConfigError(
-                        "the DataLoader yielded more samples than its sampler holds; evaluate "
-                        "needs the default batch sampler."
-                    )
-                ids = torch.as_tensor(order[offset : offset + b], dtype=torch.int64)
-                offset += b
-                x = x.to(dev, non_blocking=True)
-                y = checks.integer_labels(y).to(dev, non_blocking=True)
-                ids = ids.to(dev)
                 checks.check_inputs(x, clf.bounds)
                 with torch.no_grad():
                     logits = checks.check_logits(clf(x), b)
@@ -875,14 +739,9 @@ def evaluate(
 
 
 def _comm(dev: torch.device) -> torch.device:
-    """The device for this process group's collectives (the GPU under NCCL, else the CPU)."""
-    import torch.distributed as dist
-
-    if rank_world()[1] > 1 and dist.get_backend() == "nccl":
-        # This rank's GPU: the one it computes on (not the current device, which is GPU 0
-        # on every rank unless the program called torch.cuda.set_device).
-        return dev if dev.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """The device for this process group's collectives: `advkit.distributed.collective_device`
+    of the compute device, the rule `all_gather_rows` follows too."""
+    return collective_device(dev)
 
 
 def _counts(report: RobustnessReport) -> Tensor:

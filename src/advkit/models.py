@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from advkit.checks import ConfigError
 
@@ -201,14 +202,32 @@ def model_guard(model: nn.Module, *, keep_mode: bool = False) -> Iterator[nn.Mod
     module's ``training`` flag, every parameter's ``requires_grad`` and
     ``.grad``, and every buffer (e.g. BatchNorm running statistics, which a
     forward pass in train mode would update) are put back as they were.
+
+    Every restore step runs whatever the others did: a step that fails does
+    not keep the rest from being restored, and its error is raised once all
+    have run. Scripted and traced modules (``torch.jit.script`` /
+    ``torch.jit.trace``) are guarded like any other.
+
+    Raises:
+        ConfigError: the model has uninitialized parameters or buffers (a lazy
+            module such as ``nn.LazyLinear`` that has not run yet); nothing
+            is changed then.
     """
+    lazy = [name for name, t in _named_tensors(model) if is_lazy(t)]
+    if lazy:
+        raise ConfigError(
+            f"the model has uninitialized (lazy) parameters or buffers ({', '.join(lazy[:3])}"
+            f"{', ...' if len(lazy) > 3 else ''}): run it once on a batch of inputs, "
+            "e.g. model(x), so that they get their shapes, then attack it."
+        )
     modes = [(m, m.training) for m in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    # (module, name, the buffer tensor, a copy of its values); named_buffers(recurse=False)
+    # reads the buffer table of plain and scripted modules alike.
     buffers = [
         (mod, name, buf, buf.detach().clone())
         for mod in model.modules()
-        for name, buf in mod._buffers.items()
-        if buf is not None
+        for name, buf in mod.named_buffers(recurse=False)
     ]
     try:
         if not keep_mode:
@@ -217,13 +236,48 @@ def model_guard(model: nn.Module, *, keep_mode: bool = False) -> Iterator[nn.Mod
             p.requires_grad_(False)
         yield model
     finally:
-        with torch.no_grad():
-            for mod, name, buf, saved in buffers:
-                if mod._buffers.get(name) is not buf:
-                    mod._buffers[name] = buf
-                buf.copy_(saved)
+        errors: list[BaseException] = []
+        for mod, name, buf, saved in buffers:
+            _attempt(errors, _restore_buffer, mod, name, buf, saved)
         for p, req, grad in params:
-            p.requires_grad_(req)
-            p.grad = grad
+            _attempt(errors, _restore_parameter, p, req, grad)
         for m, mode in modes:
-            m.training = mode
+            _attempt(errors, _restore_mode, m, mode)
+        if errors:
+            raise errors[0]
+
+
+def _named_tensors(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+def _attempt(errors: list[BaseException], step: Callable[..., None], *args: Any) -> None:
+    """Run one restore step; a failure is recorded, not raised, so that the others run."""
+    try:
+        step(*args)
+    except Exception as err:
+        errors.append(err)
+
+
+def _restore_buffer(mod: nn.Module, name: str, buf: Tensor, saved: Tensor) -> None:
+    # The forward may have replaced the buffer object itself (self.b = new tensor) or
+    # removed it. A plain module's table is a dict; a scripted module's is a read-only
+    # view, where the attribute is set instead.
+    table: Any = mod._buffers
+    if isinstance(table, dict):
+        if table.get(name) is not buf:
+            table[name] = buf
+    elif getattr(mod, name, None) is not buf:
+        setattr(mod, name, buf)
+    with torch.no_grad():
+        buf.copy_(saved)
+
+
+def _restore_parameter(p: Tensor, requires_grad: bool, grad: Tensor | None) -> None:
+    p.requires_grad_(requires_grad)
+    p.grad = grad
+
+
+def _restore_mode(m: nn.Module, mode: bool) -> None:
+    m.training = mode

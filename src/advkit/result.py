@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from advkit.checks import ConfigError
 
-__all__ = ["AttackResult", "Part"]
+__all__ = ["AttackResult", "Part", "is_success"]
+
+
+def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """The success rule of every attack: ``(B,)`` bool per sample.
+
+    Untargeted (``targets=None``): the prediction ``logits.argmax(dim=1)``
+    differs from the label. Targeted: the prediction equals the target. Never
+    where a logit is NaN or infinite: the prediction of such a row means
+    nothing (its argmax is an accident of the NaN's position).
+
+    Args:
+        logits: ``(B, C)`` model outputs.
+        labels: ``(B,)`` true labels.
+        targets: ``(B,)`` target classes, or ``None`` for an untargeted attack.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> is_success(z, torch.tensor([0, 0])).tolist()
+        [False, True]
+        >>> is_success(z, torch.tensor([0, 0]), targets=torch.tensor([1, 2])).tolist()
+        [False, True]
+    """
+    pred = logits.argmax(dim=1)
+    finite = torch.isfinite(logits).all(dim=1)
+    if targets is None:
+        return (pred != labels.to(pred.device)) & finite
+    return (pred == targets.to(pred.device)) & finite
+
+
+def _scalar_eps(eps: Any) -> float | None:
+    """``eps`` as a float if it is one budget (a real number or a 0-d tensor), else None."""
+    if isinstance(eps, Tensor) and eps.ndim == 0:
+        return float(eps.detach())
+    if isinstance(eps, bool):
+        return None
+    if isinstance(eps, numbers.Real):
+        return float(eps)
+    return None
 
 
 @dataclass(frozen=True, repr=False)
@@ -69,18 +111,22 @@ class AttackResult:
     def robust_accuracy(self, eps: float | None = None) -> float: ...
 
     @overload
-    def robust_accuracy(self, eps: Sequence[float]) -> list[float]: ...
+    def robust_accuracy(self, eps: Sequence[float] | Tensor) -> list[float]: ...
 
-    def robust_accuracy(self, eps: float | Sequence[float] | None = None) -> float | list[float]:
+    def robust_accuracy(
+        self, eps: float | Sequence[float] | Tensor | None = None
+    ) -> float | list[float]:
         """Fraction of samples the attack did not break (untargeted attacks).
 
         Args:
             eps: ``None``: the fraction of samples where the attack failed.
-                A float or a sequence of floats: the fraction of samples with no
-                successful perturbation of norm ``<= eps`` (``distance > eps``
-                or failure), for each eps: the robust-accuracy curve of a
-                minimal-norm attack from one run. For a fixed-budget attack
-                this is only meaningful for eps up to the attack's budget.
+                A number (a Python or numpy real, or a 0-d tensor) or a
+                sequence of numbers (or a 1-d tensor): the fraction of samples
+                with no successful perturbation of norm ``<= eps``
+                (``distance > eps`` or failure), for each eps: the
+                robust-accuracy curve of a minimal-norm attack from one run.
+                For a fixed-budget attack this is only meaningful for eps up
+                to the attack's budget.
 
         Returns:
             A float, or a list with one float per eps.
@@ -106,9 +152,20 @@ class AttackResult:
         n = max(self.success.numel(), 1)
         if eps is None:
             return int((~self.success).sum()) / n
-        if isinstance(eps, (int, float)):
-            return int((~(self.success & (self.distance <= eps))).sum()) / n
-        return [self.robust_accuracy(float(e)) for e in eps]
+        one = _scalar_eps(eps)
+        if one is not None:
+            return int((~(self.success & (self.distance <= one))).sum()) / n
+        items: Any = eps
+        if isinstance(items, (Tensor, np.ndarray)) and items.ndim == 1:
+            items = items.tolist()
+        ok = isinstance(items, Sequence) and not isinstance(items, str)
+        values = [_scalar_eps(e) for e in items] if ok else [None]
+        if any(v is None for v in values):
+            raise ConfigError(
+                "eps must be None, a number (a float, a numpy scalar or a 0-d tensor) or a "
+                f"sequence of numbers (or a 1-d tensor or array), got {eps!r}."
+            )
+        return [self.robust_accuracy(v) for v in values]
 
     def __repr__(self) -> str:
         kind = "targeted" if self.targeted else "untargeted"

@@ -20,6 +20,7 @@ from advkit import checks
 from advkit.functional import Bounds, KeyedGenerator, RandomSource, Scalar, randint
 from advkit.norms import Norm, Region
 from advkit.objectives import Objective
+from advkit.result import is_success
 
 __all__ = ["Task", "fork_generator"]
 
@@ -181,16 +182,13 @@ class Task:
         return out
 
     def success(self, logits: Tensor) -> Tensor:
-        """``(B,)`` bool: the attack has won at these logits.
+        """``(B,)`` bool: the attack has won at these logits (`advkit.result.is_success`).
 
         Untargeted: the prediction differs from the label; targeted: it equals
-        the target. Never where a logit is NaN or infinite: the prediction of
-        such a row means nothing.
+        the target (`goal`). Never where a logit is NaN or infinite: the
+        prediction of such a row means nothing.
         """
-        pred = logits.argmax(dim=1)
-        goal = self.goal
-        won = pred != self.labels if goal is None else pred == goal
-        return won & torch.isfinite(logits).all(dim=1)
+        return is_success(logits, self.labels, self.goal)
 
     # ------------------------------------------------------------------ sub-tasks
 
