@@ -18,6 +18,7 @@ nothing from the rest of advkit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Protocol
@@ -35,6 +36,7 @@ __all__ = [
     "clip",
     "exact_dtype",
     "feasible",
+    "inner_bounds",
     "l1_box_project",
     "l1_direction",
     "l1_norm",
@@ -54,6 +56,7 @@ __all__ = [
     "randint",
     "randn",
     "round_toward",
+    "safe_radius",
 ]
 
 Scalar = float | Tensor
@@ -67,6 +70,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 class NormLike(Protocol):
     """What `pgd_step` and `feasible` need from a norm (see `advkit.norms`)."""
+
+    @property
+    def p(self) -> float: ...
 
     def measure(self, x: Tensor) -> Tensor: ...
 
@@ -571,6 +577,49 @@ def linf_box(x0: Tensor, eps: Scalar, bounds: Bounds) -> tuple[Tensor, Tensor]:
     return lo, hi
 
 
+@functools.lru_cache(maxsize=64)
+def inner_bounds(bounds: Bounds, dtype: torch.dtype) -> Bounds:
+    """The box's bounds as values of ``dtype`` inside the box (the nearest representable
+    values at or inside ``bounds``), so that clamping to them keeps a point in the box.
+    Pure Python: no tensor, no device synchronisation.
+
+    Example:
+        >>> inner_bounds((0.0, 1.0), torch.float32)
+        (0.0, 1.0)
+        >>> inner_bounds((-0.1, 0.1), torch.bfloat16)[1] <= 0.1
+        True
+    """
+
+    def inside(v: float, up: bool) -> float:
+        if not math.isfinite(v) or dtype == torch.float64:
+            return v
+        t = torch.tensor(v, dtype=torch.float64).to(dtype)
+        if (up and float(t) < v) or (not up and float(t) > v):
+            t = torch.nextafter(t, torch.tensor(math.inf if up else -math.inf, dtype=dtype))
+        return float(t)
+
+    return inside(float(bounds[0]), True), inside(float(bounds[1]), False)
+
+
+def safe_radius(x0: Tensor, eps: Scalar, p: float) -> Tensor:
+    r"""``(B,)`` radii, just below ``eps``, within which a step computed in ``x0``'s own
+    dtype (float32 or float64) lands inside the ball of radius ``eps`` after rounding.
+
+    A perturbation $t$ with $\|t\|_p \le r$ added to $x_0$ and rounded to
+    nearest gives $\|\mathrm{fl}(x_0 + t) - x_0\|_p \le \|t\|_p + u\|x_0 + t\|_p$
+    with $u$ the unit roundoff, so $r = \epsilon - 2u(\|x_0\|_p + 2\epsilon)$
+    (a relative change of about $10^{-6}$ on images in float32) covers it, and
+    the rounding of the subtraction and the scaling with it. Accumulated in
+    float64 (float32 on MPS).
+    """
+    acc = torch.float32 if x0.device.type == "mps" else torch.float64
+    unit = torch.finfo(x0.dtype).eps / 2
+    n0 = torch.linalg.vector_norm(x0.flatten(1), ord=p, dim=1, dtype=acc)
+    e = _per_sample(eps, x0, acc).reshape(-1)
+    radius: Tensor = (e - 2 * unit * (n0 + 2 * e)).clamp_min(0)
+    return radius
+
+
 def feasible(
     x: Tensor,
     x0: Tensor,
@@ -579,36 +628,56 @@ def feasible(
     eps: Scalar,
     bounds: Bounds,
     project: Callable[[Tensor, Scalar], Tensor] | None = None,
+    radius: Tensor | None = None,
 ) -> Tensor:
     r"""``x`` brought into the ball of radius ``eps`` around ``x0`` and into the box,
     exactly, in ``x0``'s dtype and memory format.
 
-    The perturbation is projected onto the ball in a wider dtype
-    (`exact_dtype`), shrunk by a few units of that dtype's rounding where it
-    lies on the sphere, clipped to the box and rounded to ``x0``'s dtype: to
-    nearest where that stays inside the ball and the box, else towards ``x0``
-    (`round_toward`). The returned values themselves satisfy
-    $\|x - x_0\| \le \epsilon$ and $l \le x \le u$, in every precision,
-    half included. Mathematically this is ``clip(x0 + project(x - x0))``.
-    ``project(delta, eps)`` replaces the norm's ball projection (e.g. the exact
-    projection onto the L1 ball and the box, `l1_box_project`).
+    Mathematically ``clip(x0 + project(x - x0))``; the returned values
+    themselves satisfy $\|x - x_0\| \le \epsilon$ and $l \le x \le u$, not
+    only up to rounding. For float32 and float64 inputs the step is computed
+    in their own dtype, projected onto a ball whose radius leaves room for the
+    rounding of ``x0 + delta`` (`safe_radius`, a relative margin of about
+    $10^{-6}$ in float32), checked with a float64-accumulated norm, and
+    clamped to the box's representable bounds (`inner_bounds`). Half
+    precision has too coarse a rounding for a margin: there the perturbation
+    is projected in float32 and rounded to nearest where that stays inside,
+    else towards ``x0`` (`round_toward`).
+
+    Args:
+        x: points ``(B, ...)``, in any floating dtype.
+        x0: the centres ``(B, ...)``.
+        norm: the threat model.
+        eps: the radius, a float or ``(B,)``.
+        bounds: the box.
+        project: ``project(delta, eps)`` replacing the norm's ball projection (e.g.
+            the exact projection onto the L1 ball and the box, `l1_box_project`).
+        radius: `safe_radius` of ``x0`` and ``eps``, when computed once for many calls.
     """
-    wd = exact_dtype(x0.dtype, x0.device)
+    proj = norm.project if project is None else project
+    if x0.dtype in (torch.float32, torch.float64):
+        r = safe_radius(x0, eps, norm.p) if radius is None else radius
+        t = proj(x.to(x0.dtype) - x0, r)
+        n = torch.linalg.vector_norm(t.flatten(1), ord=norm.p, dim=1, dtype=r.dtype)
+        limit = r * (1 - 2 * torch.finfo(x0.dtype).eps)
+        shrink = torch.where(n > limit, limit / n.clamp_min(torch.finfo(r.dtype).tiny), 1.0)
+        lo, hi = inner_bounds((float(bounds[0]), float(bounds[1])), x0.dtype)
+        return _like((x0 + _rescale(t.to(x0.dtype), shrink)).clamp(lo, hi), x0)
+    wd = torch.float32
     base = x0.to(wd)
-    delta = (norm.project if project is None else project)(x.to(wd) - base, eps)
+    delta = proj(x.to(wd) - base, eps)
     n = norm.measure(delta).to(wd)
     e = _per_sample(eps, delta, wd).reshape(-1)
     safe = 1.0 - 16 * torch.finfo(wd).eps
     shrink = torch.where(n > e * safe, e * safe / n.clamp_min(torch.finfo(wd).tiny), 1.0)
     p = clip(base + delta * batch_view(shrink, delta.ndim), bounds)
-    if p.dtype == x0.dtype:
-        return _like(p, x0)
     nearest = _like(p.to(x0.dtype), x0)
     wide = nearest.to(wd)
     ok = (norm.measure(wide - base).to(wd) <= e) & (
         ((wide >= bounds[0]) & (wide <= bounds[1])).flatten(1).all(dim=1)
     )
-    return torch.where(batch_view(ok, p.ndim), nearest, round_toward(p, x0))
+    result: Tensor = torch.where(batch_view(ok, p.ndim), nearest, round_toward(p, x0))
+    return result
 
 
 # --------------------------------------------------------------------------- the step

@@ -58,7 +58,10 @@ class Norm(ABC):
 
     def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Region:
         """The feasible set of one attack call, with whatever can be computed once kept."""
-        return Region(self, x0, eps, bounds)
+        radius = None
+        if x0.dtype in (torch.float32, torch.float64):
+            radius = F.safe_radius(x0, eps, self.p)
+        return Region(self, x0, eps, bounds, radius=radius)
 
     def __str__(self) -> str:
         return self.name
@@ -79,6 +82,8 @@ class Region:
         eps: the radius, a float or ``(B,)``.
         bounds: the input box.
         lo, hi: the Linf interval of every coordinate, or ``None``.
+        radius: the `advkit.functional.safe_radius` of float32 / float64 inputs
+            (other norms), or ``None``.
     """
 
     norm: Norm
@@ -87,11 +92,14 @@ class Region:
     bounds: F.Bounds
     lo: Tensor | None = None
     hi: Tensor | None = None
+    radius: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.lo is not None and self.hi is not None:
             return torch.clamp(x.to(self.x0.dtype), self.lo, self.hi)
-        return self.norm.feasible(x, self.x0, self.eps, self.bounds)
+        return F.feasible(
+            x, self.x0, norm=self.norm, eps=self.eps, bounds=self.bounds, radius=self.radius
+        )
 
     def subset(self, rows: Tensor) -> Region:
         """The region of the samples ``rows``."""
@@ -103,7 +111,9 @@ class Region:
         if isinstance(eps, Tensor) and eps.ndim == 1:
             eps = eps.index_select(0, rows)
         x0 = self.x0.index_select(0, rows)
-        return Region(self.norm, x0, eps, self.bounds, pick(self.lo), pick(self.hi))
+        return Region(
+            self.norm, x0, eps, self.bounds, pick(self.lo), pick(self.hi), pick(self.radius)
+        )
 
 
 @dataclass(frozen=True)
