@@ -271,7 +271,9 @@ def attribution_figure(path: Path, rows: list[tuple[str, Tensor, dict[str, Any],
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = example_parser(__doc__)
-    parser.add_argument("--target", type=int, default=3, help="the class to push images to")
+    parser.add_argument(
+        "--target", type=int, default=3, choices=range(NUM_CLASSES), help="the class to aim at"
+    )
     parser.add_argument(
         "--no-transformers",
         action="store_true",
