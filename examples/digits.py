@@ -17,6 +17,9 @@ Example (with ``examples/`` on ``sys.path``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -77,13 +80,18 @@ def train(
     batch_size: int = 64,
     lr: float = 3e-3,
     reset: bool = True,
+    loss: Callable[[Any, Tensor], Tensor] | None = None,
 ) -> nn.Module:
-    """Train ``model`` on ``(x, y)`` with Adam and cross-entropy; returns it in eval mode.
+    """Train ``model`` on ``(x, y)`` with Adam; returns it in eval mode.
 
     The weights are re-initialised from ``seed`` (unless ``reset=False``, e.g.
     to fine-tune) and the mini-batch order is drawn from a generator seeded
     with ``seed``, so the same seed gives the same model on the same machine
     and torch build. Note that this seeds torch's global RNG too.
+
+    ``loss(output, labels)`` is the training loss, cross-entropy by default;
+    give one for models whose output is not a logits tensor (a tuple, an
+    object with ``.logits``) or for another objective (a hinge loss).
     """
     torch.manual_seed(seed)
     if reset:  # re-initialise from the seed, whatever happened before
@@ -95,7 +103,7 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=epochs * -(-x.shape[0] // batch_size)
     )
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss() if loss is None else loss
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(x.shape[0], generator=gen)
