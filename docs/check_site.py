@@ -14,8 +14,10 @@ printing one line per problem, on:
 - an exported attack (`advkit.attacks.registry.REGISTRY`, and any attack class
   that `advkit` exports) missing from the home page's attack table or from the
   API reference of `advkit.attacks`;
-- a code line wider than 88 characters in the pages written under ``docs/``
-  (the API reference's signatures and docstrings are left to the linters).
+- a line of code (a block in a language: ``python``, ``bash``, ...) wider than
+  88 characters in the pages written under ``docs/``; plain text blocks
+  (diagrams, program output) and the API reference's signatures and
+  docstrings are left alone.
 
 ``mkdocs build --strict`` checks links and references; this checks what the
 pages show.
@@ -158,6 +160,19 @@ def doctest_snippets(src: Path) -> tuple[set[str], set[str]]:
     return lines, outputs
 
 
+def is_code(pre: Node) -> bool:
+    """Whether a ``<pre>`` holds code in a language (not plain text, not a signature).
+
+    pymdownx.highlight marks each block ``language-NAME`` (``pygments_lang_class``);
+    a block written without a language is ``language-text``, like ``text``.
+    """
+    holder = pre.parent
+    if holder is None or "doc-signature" in holder.classes:
+        return False
+    languages = {c for c in holder.classes if c.startswith("language-")}
+    return bool(languages) and languages != {"language-text"}
+
+
 def in_docstring(node: Node) -> bool:
     """Whether ``node`` is inside mkdocstrings' rendering of a Python object."""
     return any("doc-contents" in a.classes or "doc" in a.classes for a in node.ancestors())
@@ -213,7 +228,7 @@ def check_page(page: str, root: Node, lines: set[str], outputs: set[str]) -> lis
 
     if not page.startswith("api/"):
         for pre in root.iter("pre"):
-            if in_docstring(pre) or any("doc-signature" in a.classes for a in pre.ancestors()):
+            if in_docstring(pre) or not is_code(pre):
                 continue
             for line in pre.text().splitlines():
                 if len(line.rstrip()) > CODE_WIDTH:
@@ -276,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     for page, root in pages.items():
         problems += check_page(page, root, lines, outputs)
     problems += check_attacks(site, pages)
+    if not any(
+        c.startswith("language-") for root in pages.values() for n in root.iter() for c in n.classes
+    ):
+        problems.append(
+            f"{site}: no code block names its language, so code widths cannot be checked "
+            "(pymdownx.highlight: pygments_lang_class: true)"
+        )
     for problem in problems:
         print(problem)
     bad = len({p.split(":", 1)[0] for p in problems})

@@ -35,6 +35,10 @@ EXAMPLE = (
 )
 
 
+def python_block(code: str) -> str:
+    return f'<div class="language-python highlight"><pre><code>{code}\n</code></pre></div>'
+
+
 def page(body: str) -> str:
     return f'<html><body><div class="md-content__inner">{body}</div></body></html>'
 
@@ -52,7 +56,7 @@ def write_site(tmp: Path, home_names: list[str], api_body: str = "", guide: str 
         for e in REGISTRY
     )
     (root / "api" / "attacks" / "index.html").write_text(page(objects + api_body))
-    (root / "guide" / "index.html").write_text(page(guide or "<pre><code>x = 1\n</code></pre>"))
+    (root / "guide" / "index.html").write_text(page(guide or python_block("x = 1")))
     return tmp
 
 
@@ -110,7 +114,7 @@ def test_a_sound_site_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             "",
             "copies invalid Python",
         ),
-        ("", "<pre><code>" + "y" * 89 + "</code></pre>", "code line of 89 > 88"),
+        ("", python_block("y" * 89), "code line of 89 > 88"),
     ],
 )
 def test_each_defect_fails_the_check(
@@ -128,7 +132,13 @@ def test_each_defect_fails_the_check(
 def test_wide_code_in_the_api_reference_is_left_to_the_linters(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    site = write_site(tmp_path, ALL, api_body="<pre><code>" + "y" * 95 + "</code></pre>")
+    site = write_site(tmp_path, ALL, api_body=python_block("y" * 95))
+    assert run(load_check(), site, capsys)[0] == 0
+
+
+def test_wide_plain_text_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    diagram = f'<div class="language-text highlight"><pre><code>{"-" * 95}</code></pre></div>'
+    site = write_site(tmp_path, ALL, guide=python_block("y" * 88) + diagram)
     assert run(load_check(), site, capsys)[0] == 0
 
 
@@ -153,3 +163,11 @@ def test_an_attack_missing_from_the_api_reference_fails(
 
 def test_an_empty_directory_is_an_error(tmp_path: Path) -> None:
     assert load_check().main([str(tmp_path)]) == 2
+
+
+def test_a_site_without_language_classes_cannot_pass_unchecked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(load_check(), write_site(tmp_path, ALL, guide="<p>no code</p>"), capsys)
+    assert code == 1
+    assert "pygments_lang_class" in out
