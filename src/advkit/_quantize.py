@@ -40,7 +40,7 @@ def levels(bounds: Bounds, dtype: torch.dtype) -> Tensor:
     so every level lies in ``[low, high]`` exactly. Export and loading both
     decode through this table, so a stored code means the same value everywhere.
 
-    Example:
+    Examples:
         >>> levels((0.0, 255.0), torch.float32)[:3]
         tensor([0., 1., 2.])
     """

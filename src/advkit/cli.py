@@ -50,7 +50,7 @@ _OBJECTIVES = {
 def parse_number(text: str) -> float:
     """A float from ``"0.03"``, ``"1e-2"`` or a fraction such as ``"8/255"``.
 
-    Example:
+    Examples:
         >>> parse_number("8/255") == 8 / 255, parse_number("0.5")
         (True, 0.5)
     """
@@ -66,7 +66,7 @@ def parse_number(text: str) -> float:
 def parse_eps(values: Sequence[str]) -> list[float]:
     """Budgets from command-line words, each a number or a comma-separated list.
 
-    Example:
+    Examples:
         >>> parse_eps(["0", "2/255,4/255"]) == [0.0, 2 / 255, 4 / 255]
         True
     """
@@ -101,7 +101,7 @@ def parse_attack(spec: str, norm: str) -> tuple[str, Attack]:
     Returns:
         ``(label, attack)``, the label being the spec itself.
 
-    Example:
+    Examples:
         >>> parse_attack("pgd:steps=20,step_size=1/255", "linf")[1]
         PGD(norm='linf', eps=None, steps=20, step_size=0.00392156862745098, random_init=True, restarts=1, early_stop=False)
     """

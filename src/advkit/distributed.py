@@ -51,7 +51,7 @@ def shard_range(n: int, rank: int | None = None, world: int | None = None) -> ra
     The shards of all ranks are disjoint, contiguous, cover ``range(n)`` exactly
     once, and differ in length by at most one: nothing is padded or repeated.
 
-    Example:
+    Examples:
         >>> shard_range(5, 0, 2), shard_range(5, 1, 2)
         (range(0, 2), range(2, 5))
     """
@@ -104,7 +104,7 @@ def collective_device(device: str | torch.device | None = None) -> torch.device:
     the CPU. `advkit.evaluate` passes its compute device, `all_gather_rows`
     the device of the tensor it gathers, so both send through the same GPU.
 
-    Example:
+    Examples:
         >>> collective_device("cpu")  # one process
         device(type='cpu')
     """

@@ -581,7 +581,7 @@ def evaluate(
             ``(x, y)`` pairs; the attacks' own errors for bad inputs or labels.
         ImportError: ``progress=True`` without tqdm.
 
-    Example:
+    Examples:
         >>> import torch, advkit
         >>> from torch.utils.data import TensorDataset
         >>> _ = torch.manual_seed(0)

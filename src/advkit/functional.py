@@ -135,7 +135,7 @@ class KeyedGenerator:
         keys: ``(B,)`` integer tensor, one key per sample, on the device where
             values are drawn.
 
-    Example:
+    Examples:
         >>> a = KeyedGenerator(7, torch.tensor([3, 5]))
         >>> b = KeyedGenerator(7, torch.tensor([5]))
         >>> bool((rand((2, 4), a)[1] == rand((1, 4), b)[0]).all())
@@ -236,7 +236,7 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 def batch_view(value: Tensor, ndim: int) -> Tensor:
     """Reshape a per-sample tensor ``(B,)`` to ``(B, 1, ..., 1)`` with ``ndim`` dims.
 
-    Example:
+    Examples:
         >>> batch_view(torch.ones(4), 4).shape
         torch.Size([4, 1, 1, 1])
     """
@@ -272,7 +272,7 @@ def _like(sample: Tensor, x: Tensor) -> Tensor:
 def clip(x: Tensor, bounds: Bounds) -> Tensor:
     """Clip every coordinate of ``x`` to the box ``[bounds[0], bounds[1]]``.
 
-    Example:
+    Examples:
         >>> clip(torch.tensor([[-1.0, 0.5, 2.0]]), (0.0, 1.0))
         tensor([[0.0000, 0.5000, 1.0000]])
     """
@@ -483,7 +483,7 @@ def l1_box_project(delta: Tensor, x0: Tensor, eps: Scalar, bounds: Bounds) -> Te
         half precision), laid out like ``delta``; their L1 norm is at most
         ``eps`` up to a relative rounding error of the work dtype.
 
-    Example:
+    Examples:
         >>> x0 = torch.tensor([[0.9, 0.5]])
         >>> l1_box_project(torch.tensor([[0.5, 0.3]]), x0, 0.4, (0.0, 1.0))
         tensor([[0.1000, 0.3000]])
@@ -541,7 +541,7 @@ def round_toward(p: Tensor, x0: Tensor) -> Tensor:
     and ``p``, so inside any box that holds both. The result is laid out like
     ``x0``.
 
-    Example:
+    Examples:
         >>> x0 = torch.zeros(1, 1, dtype=torch.bfloat16)
         >>> p = torch.tensor([[0.0314]], dtype=torch.float32)  # bfloat16 rounds it up to 0.03149
         >>> float(round_toward(p, x0)) <= 0.0314
@@ -564,7 +564,7 @@ def linf_box(x0: Tensor, eps: Scalar, bounds: Bounds) -> tuple[Tensor, Tensor]:
     $|x - x_0| \le \epsilon$ holds for the returned values themselves, not
     only up to rounding (``x0 + eps`` rounded to nearest can lie outside).
 
-    Example:
+    Examples:
         >>> lo, hi = linf_box(torch.tensor([[0.0, 0.5]]), 0.25, (0.0, 1.0))
         >>> lo, hi
         (tensor([[0.0000, 0.2500]]), tensor([[0.2500, 0.7500]]))
@@ -722,7 +722,7 @@ def pgd_step(
     Returns:
         The next iterate, with the dtype and memory format of ``x``.
 
-    Example:
+    Examples:
         >>> from advkit.norms import Linf
         >>> x0 = torch.full((1, 3), 0.5)
         >>> pgd_step(x0, x0, torch.tensor([[1.0, -2.0, 0.0]]), norm=Linf(),

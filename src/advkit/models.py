@@ -178,7 +178,7 @@ def wrap(
         The wrapped `Classifier`; a `Classifier` passed with no other
         argument is returned as is.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(3, 2)
         >>> model = wrap(net, bounds=(0, 1), mean=0.5, std=0.25)
         >>> model(torch.rand(4, 3)).shape

@@ -226,7 +226,7 @@ def resolve_norm(norm: NormSpec) -> Norm:
     Raises:
         ConfigError: for an unknown name or order.
 
-    Example:
+    Examples:
         >>> resolve_norm("l2")
         L2()
         >>> resolve_norm(float("inf"))

@@ -41,7 +41,7 @@ def _pick(z: Tensor, cls: Tensor) -> Tensor:
 def cross_entropy(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
     r"""Cross-entropy: $\mathrm{CE}(z, y)$ untargeted, $-\mathrm{CE}(z, t)$ targeted.
 
-    Example:
+    Examples:
         >>> z = torch.tensor([[2.0, 0.0]])
         >>> cross_entropy(z, torch.tensor([0])).round(decimals=4)
         tensor([0.1269])

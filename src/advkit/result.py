@@ -29,7 +29,7 @@ def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) ->
         labels: ``(B,)`` true labels.
         targets: ``(B,)`` target classes, or ``None`` for an untargeted attack.
 
-    Example:
+    Examples:
         >>> import torch
         >>> z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
         >>> is_success(z, torch.tensor([0, 0])).tolist()
@@ -135,7 +135,7 @@ class AttackResult:
             ConfigError: for a targeted attack, where robust accuracy is not
                 the complement of success; use ``success_rate`` there.
 
-        Example:
+        Examples:
             >>> import torch
             >>> r = AttackResult(x_adv=torch.zeros(4, 1), success=torch.tensor([1, 1, 1, 0]).bool(),
             ...     distance=torch.tensor([0.1, 0.5, 2.0, float("inf")]), logits=torch.zeros(4, 2),

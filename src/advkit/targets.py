@@ -73,7 +73,7 @@ class LeastLikely:
 def shift(k: int = 1) -> Shift:
     """Target ``(y + k) % C``, as in Ilyas et al. (NeurIPS 2019)'s non-robust features dataset.
 
-    Example:
+    Examples:
         >>> shift(1)(torch.zeros(2, 10), torch.tensor([3, 9]), None)
         tensor([4, 0])
     """

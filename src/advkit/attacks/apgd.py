@@ -31,7 +31,7 @@ def checkpoints(steps: int) -> dict[int, int]:
     (``int(0.22 N)``, ``int(0.03 N)``, ``int(0.06 N)``, each at least 1) and a
     check happens after the iteration that ends an interval.
 
-    Example:
+    Examples:
         >>> list(checkpoints(100))
         [22, 41, 57, 70, 80, 87, 93, 99]
     """
@@ -70,7 +70,7 @@ def halve(
     Condition 2: the step was not halved at the previous checkpoint and the
     best objective has not improved since it (``best_before >= best``).
 
-    Example:
+    Examples:
         >>> halve(torch.tensor([3.0, 9.0, 9.0]), 10, 0.75,
         ...       best=torch.tensor([1.0, 2.0, 1.0]), best_before=torch.tensor([1.0, 1.0, 1.0]),
         ...       halved_before=torch.tensor([False, False, True]))
@@ -298,7 +298,7 @@ class APGD(Attack):
             see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
 
-    Example:
+    Examples:
         >>> import advkit
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))

@@ -147,7 +147,7 @@ class Ensemble(Attack):
             instead of a stream of its own (see above); two identical members
             then find the same points.
 
-    Example:
+    Examples:
         >>> import advkit
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
@@ -266,7 +266,7 @@ class MultiTargeted(Attack):
         ConfigError: ``num_targets < 1``, or a call with ``targets=`` (the targets
             are chosen here).
 
-    Example:
+    Examples:
         >>> import advkit
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
@@ -359,7 +359,7 @@ class Sweep(MinNormAttack):
         shared_seed: run every budget with the call's own random source afresh
             (a direct call's draws) instead of a stream of its own per budget.
 
-    Example:
+    Examples:
         >>> import advkit
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))

@@ -58,7 +58,7 @@ class CW(MinNormAttack):
             Adam stay in full precision.
         compile: run the model compiled (see `advkit.Attack`).
 
-    Example:
+    Examples:
         >>> _ = torch.manual_seed(0)
         >>> net = torch.nn.Linear(4, 3)
         >>> x = torch.rand(2, 4)

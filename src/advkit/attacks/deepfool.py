@@ -87,7 +87,7 @@ class DeepFool(MinNormAttack):
             ``"fp16"``; see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
 
-    Example:
+    Examples:
         >>> _ = torch.manual_seed(0)
         >>> net = torch.nn.Linear(4, 3)
         >>> x = torch.rand(2, 4)

@@ -33,7 +33,7 @@ class FGSM(Attack):
         precision: model precision of the gradient pass (see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(4, 2)
         >>> res = FGSM(eps=0.1)(net, torch.full((3, 4), 0.5), torch.tensor([0, 1, 0]))
         >>> res.distance

@@ -61,7 +61,7 @@ class PGD(Attack):
             see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
 
-    Example:
+    Examples:
         >>> import advkit
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))

@@ -153,7 +153,7 @@ class ActiveSet:
     identical values. With ``padded=False`` the rows are exactly the running
     samples (eager code whose cost follows the batch).
 
-    Example:
+    Examples:
         >>> active = ActiveSet(8)
         >>> active.update(torch.tensor([1, 1, 1, 1, 1, 0, 1, 0]).bool())
         True

@@ -422,7 +422,7 @@ def export(
         CorruptDatasetError: a manifest or shard on disk is damaged.
         ImportError: safetensors is missing, or tqdm with ``progress=True``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from torch.utils.data import TensorDataset
         >>> from advkit import PGD, io, wrap
