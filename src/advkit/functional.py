@@ -583,7 +583,7 @@ def inner_bounds(bounds: Bounds, dtype: torch.dtype) -> Bounds:
     values at or inside ``bounds``), so that clamping to them keeps a point in the box.
     Pure Python: no tensor, no device synchronisation.
 
-    Example:
+    Examples:
         >>> inner_bounds((0.0, 1.0), torch.float32)
         (0.0, 1.0)
         >>> inner_bounds((-0.1, 0.1), torch.bfloat16)[1] <= 0.1
