@@ -297,6 +297,8 @@ class APGD(Attack):
         precision: model precision in gradient steps (``"bf16"``, ``"fp16"``;
             see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
+        eot: gradients averaged over this many passes, for randomized models
+            (see `advkit.Attack`).
 
     Examples:
         >>> import advkit
@@ -322,9 +324,15 @@ class APGD(Attack):
         early_stop: bool = False,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
     ) -> None:
         super().__init__(
-            norm=norm, eps=eps, objective=objective, precision=precision, compile=compile
+            norm=norm,
+            eps=eps,
+            objective=objective,
+            precision=precision,
+            compile=compile,
+            eot=eot,
         )
         self.steps = checks.check_positive_int(steps, "steps")
         self.restarts = checks.check_positive_int(restarts, "restarts")

@@ -158,6 +158,11 @@ class Attack(ABC):
             wrapped, and so compiled, anew in every call). Parameters are
             frozen while tracing, so the compiled backward computes no weight
             gradient.
+        eot: for randomized models (random transformations, noise, dropout at
+            inference): every gradient the attack takes is the mean over ``eot``
+            forward and backward passes, each counted (Expectation over
+            Transformation, Athalye et al., "Synthesizing Robust Adversarial
+            Examples", ICML 2018). Default 1.
     """
 
     minimal: bool = False
@@ -172,6 +177,7 @@ class Attack(ABC):
         objective: Objective = cross_entropy,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
     ) -> None:
         if precision not in AUTOCAST:
             raise checks.ConfigError(
@@ -184,6 +190,7 @@ class Attack(ABC):
             )
         self.precision: PrecisionSpec = None if precision == "fp32" else precision
         self.compile: CompileSpec = compile
+        self.eot = checks.check_positive_int(eot, "eot")
         self.norm: Norm = resolve_norm(norm)
         if isinstance(eps, Tensor):
             raise checks.ConfigError(
@@ -210,6 +217,8 @@ class Attack(ABC):
             out["precision"] = self.precision
         if self.compile is not False:
             out["compile"] = self.compile
+        if self.eot != 1:
+            out["eot"] = self.eot
         return out
 
     def __repr__(self) -> str:
@@ -275,11 +284,11 @@ class Attack(ABC):
     def solve(self, oracle: Oracle, task: Task) -> AttackResult:
         """Run this attack on ``task`` with ``oracle`` and finish: how attacks run attacks.
 
-        The oracle is configured with this attack's precision and compile mode;
+        The oracle is configured with this attack's precision, compile mode and EOT;
         the task gets this attack's objective and norm, and its budget when the
         task has none. The result's pass counts are the passes made here.
         """
-        oracle = oracle.configured(self.precision, self.compile)
+        oracle = oracle.configured(self.precision, self.compile, self.eot)
         eps: Scalar | None = task.eps if task.eps is not None else self.eps
         if eps is None and not self.minimal:
             raise checks.ConfigError(

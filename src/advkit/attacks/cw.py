@@ -57,6 +57,8 @@ class CW(MinNormAttack):
             ``"fp16"``; see `advkit.Attack`): the distance, the margin and
             Adam stay in full precision.
         compile: run the model compiled (see `advkit.Attack`).
+        eot: gradients averaged over this many passes, for randomized models
+            (see `advkit.Attack`).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -79,10 +81,11 @@ class CW(MinNormAttack):
         eps: float | None = None,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
     ) -> None:
         if not isinstance(resolve_norm(norm), L2):
             raise checks.ConfigError(f"CW is an L2 attack; got norm={norm!r}. Use norm='l2'.")
-        super().__init__(norm=norm, eps=eps, precision=precision, compile=compile)
+        super().__init__(norm=norm, eps=eps, precision=precision, compile=compile, eot=eot)
         self.steps = checks.check_positive_int(steps, "steps")
         self.search_steps = checks.check_positive_int(search_steps, "search_steps")
         self.initial_const = checks.check_positive(initial_const, "initial_const")

@@ -86,6 +86,8 @@ class DeepFool(MinNormAttack):
         precision: model precision in the gradient passes (``"bf16"``,
             ``"fp16"``; see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
+        eot: gradients averaged over this many passes, for randomized models
+            (see `advkit.Attack`).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -108,8 +110,9 @@ class DeepFool(MinNormAttack):
         eps: float | None = None,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
     ) -> None:
-        super().__init__(norm=norm, eps=eps, precision=precision, compile=compile)
+        super().__init__(norm=norm, eps=eps, precision=precision, compile=compile, eot=eot)
         self.steps = checks.check_positive_int(steps, "steps")
         if (
             isinstance(overshoot, bool)

@@ -32,6 +32,8 @@ class FGSM(Attack):
         objective: loss to maximise, ``(logits, labels, targets) -> (B,)``.
         precision: model precision of the gradient pass (see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
+        eot: the gradient averaged over this many passes, for randomized models
+            (see `advkit.Attack`).
 
     Examples:
         >>> net = torch.nn.Linear(4, 2)

@@ -73,6 +73,10 @@ class Oracle:
         precision: ``None`` (the inputs' dtype) or ``"bf16"`` / ``"fp16"`` for
             gradient passes under autocast.
         compile: ``False`` or the ``torch.compile`` mode of gradient passes.
+        eot: passes averaged per gradient (Expectation over Transformation,
+            Athalye et al., "Synthesizing Robust Adversarial Examples", ICML
+            2018): a randomized model's input gradient, objective and logits are
+            the means over ``eot`` forward and backward passes, each counted.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Oracle:
         keep_mode: bool = False,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
         observer: Observer | None = None,
         _shared: _Shared | None = None,
     ) -> None:
@@ -89,6 +94,7 @@ class Oracle:
         self.keep_mode = keep_mode
         self.precision: PrecisionSpec = None if precision == "fp32" else precision
         self.compile: CompileSpec = compile
+        self.eot = eot
         self._shared = _shared if _shared is not None else _Shared(observer=observer)
         self._autocast = AUTOCAST[self.precision]
         self._grad_model: Callable[[Tensor], Any] = (
@@ -99,17 +105,18 @@ class Oracle:
         # The modes that replay CUDA graphs (max-autotune does too); decided per input device.
         self._graph_modes = compile in ("reduce-overhead", "max-autotune")
 
-    def configured(self, precision: PrecisionSpec, compile: CompileSpec) -> Oracle:
-        """A view of this oracle with another precision and compile mode; the pass counts and
-        the call's checks are shared."""
+    def configured(self, precision: PrecisionSpec, compile: CompileSpec, eot: int = 1) -> Oracle:
+        """A view of this oracle with another precision, compile mode and EOT count; the pass
+        counts and the call's checks are shared."""
         precision = None if precision == "fp32" else precision
-        if precision == self.precision and compile == self.compile:
+        if precision == self.precision and compile == self.compile and eot == self.eot:
             return self
         return Oracle(
             self.model,
             keep_mode=self.keep_mode,
             precision=precision,
             compile=compile,
+            eot=eot,
             _shared=self._shared,
         )
 
@@ -224,26 +231,29 @@ class Oracle:
         input only, and the logits at ``x``.
 
         One forward and one backward pass (in the attack's precision, see
-        `grad_forward`). Parameters are frozen by the model guard, so no weight
-        gradient is computed. Where ``fn`` does not depend on the input (a
+        `grad_forward`); with ``eot=K``, ``K`` of each, and the three results are
+        the means over them. Parameters are frozen by the model guard, so no
+        weight gradient is computed. Where ``fn`` does not depend on the input (a
         model with no gradient path) the gradient is zero.
         """
-        xg = x.detach().requires_grad_(True)
-        logits = self.grad_forward(xg, origin=x)
-        with torch.enable_grad():
-            value = fn(logits)
-            if value.requires_grad:
-                grads: tuple[Tensor | None, ...] = torch.autograd.grad(
-                    value.sum(), xg, allow_unused=True
-                )
-                grad = grads[0]
-            else:
-                grad = None
-                self._shared.detached = self._shared.detached or not logits.requires_grad
-        self._shared.backward_passes += 1
-        if grad is None:
-            grad = torch.zeros_like(x)
-        return value.detach(), grad, logits.detach()
+        values, grads, outs = [], [], []
+        for _ in range(self.eot):
+            xg = x.detach().requires_grad_(True)
+            logits = self.grad_forward(xg, origin=x)
+            with torch.enable_grad():
+                value = fn(logits)
+                grad: Tensor | None = None
+                if value.requires_grad:
+                    grad = torch.autograd.grad(value.sum(), xg, allow_unused=True)[0]
+                else:
+                    self._shared.detached = self._shared.detached or not logits.requires_grad
+            self._shared.backward_passes += 1
+            values.append(value.detach())
+            grads.append(torch.zeros_like(x) if grad is None else grad)
+            outs.append(logits.detach())
+        if self.eot == 1:
+            return values[0], grads[0], outs[0]
+        return _mean(values), _mean(grads), _mean(outs)
 
     def class_gradients(
         self, x: Tensor, classes: Tensor, *, relative: bool = False
@@ -268,8 +278,19 @@ class Oracle:
         over the logits; each is counted. A loop and not autograd's vectorized
         backward (``is_grads_batched``): that one has no batching rule for the
         backward of convolutions and normalizations, falls back to a slower
-        loop of its own for them, and was the slower of the two on CPU.
+        loop of its own for them, and was the slower of the two on CPU. With
+        ``eot=K`` the logits and gradients are means over ``K`` such rounds.
         """
+        outs, stacks = [], []
+        for _ in range(self.eot):
+            logits, grads = self._class_gradients(x, classes, relative)
+            outs.append(logits)
+            stacks.append(grads)
+        if self.eot == 1:
+            return outs[0], stacks[0]
+        return _mean(outs), _mean(stacks)
+
+    def _class_gradients(self, x: Tensor, classes: Tensor, relative: bool) -> tuple[Tensor, Tensor]:
         b, k = classes.shape
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -291,3 +312,9 @@ class Oracle:
                 rows.append(torch.zeros_like(x) if g is None else g)
         self._shared.backward_passes += n
         return logits.detach(), torch.stack(rows)
+
+
+def _mean(ts: list[Tensor]) -> Tensor:
+    """The mean of same-shaped tensors (in float32 at least for half precision)."""
+    wd = torch.promote_types(ts[0].dtype, torch.float32)
+    return (torch.stack(ts).to(wd).mean(dim=0)).to(ts[0].dtype)

@@ -60,6 +60,8 @@ class PGD(Attack):
         precision: model precision in gradient steps (``"bf16"``, ``"fp16"``;
             see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
+        eot: gradients averaged over this many passes, for randomized models
+            (see `advkit.Attack`).
 
     Examples:
         >>> import advkit
@@ -87,9 +89,15 @@ class PGD(Attack):
         early_stop: bool = False,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
     ) -> None:
         super().__init__(
-            norm=norm, eps=eps, objective=objective, precision=precision, compile=compile
+            norm=norm,
+            eps=eps,
+            objective=objective,
+            precision=precision,
+            compile=compile,
+            eot=eot,
         )
         self.steps = checks.check_positive_int(steps, "steps")
         self.step_size = (
@@ -164,6 +172,8 @@ class BIM(PGD):
         early_stop: stop samples at their first success (see `PGD`).
         precision: model precision in gradient steps (see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).
+        eot: gradients averaged over this many passes, for randomized models
+            (see `advkit.Attack`).
     """
 
     _default_step_factor = 1.25
@@ -178,6 +188,7 @@ class BIM(PGD):
         early_stop: bool = False,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
+        eot: int = 1,
     ) -> None:
         super().__init__(
             norm=norm,
@@ -190,6 +201,7 @@ class BIM(PGD):
             early_stop=early_stop,
             precision=precision,
             compile=compile,
+            eot=eot,
         )
 
     def _settings(self) -> dict[str, Any]:
