@@ -427,7 +427,8 @@ def l1_direction(grad: Tensor, q: Scalar = 0.01) -> Tensor:
     flat = grad.flatten(1).abs()
     d = flat.shape[1]
     if isinstance(q, Tensor):
-        k = (q.to(torch.float64) * d - 1e-9).ceil().clamp(1, d).to(torch.int64)
+        # ceil(q d), forgiving the float32 rounding of q (0.2 is stored a little above 0.2)
+        k = (q.to(torch.float64) * d - 1e-5).ceil().clamp(1, d).to(torch.int64)
         ordered = flat.sort(dim=1, descending=True).values
         thr = ordered.gather(1, (k - 1).unsqueeze(1)).squeeze(1)
     else:
