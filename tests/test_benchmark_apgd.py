@@ -106,8 +106,8 @@ def test_apgd_quick_with_advkit_rows(
     assert set(record["models"]) == {"digits-at"}
     assert [(g["model"], g["norm"], g["eps"]) for g in record["configs"]] == [
         ("digits-at", "linf", 0.1),
-        ("digits-at", "l2", 0.5),
-        ("digits-at", "l1", 2.0),
+        ("digits-at", "l2", 0.75),
+        ("digits-at", "l1", 1.5),
     ]
     for g in record["configs"]:
         assert g["n"] == 64
@@ -139,7 +139,7 @@ def test_apgd_quick_with_advkit_rows(
     assert readme.rstrip().endswith("<!-- apgd.py:cpu:end -->")
     assert "| digits-at | linf | 0.1 | APGD-T | 11 / 10 (11 / 10), " in readme
     clean = 100 * record["models"]["digits-at"]["clean_accuracy"]
-    assert f"| digits-at | {clean:.1f}% | l1 | 2 | APGD-DLR | " in readme
+    assert f"| digits-at | {clean:.1f}% | l1 | 1.5 | APGD-DLR | " in readme
 
 
 def test_apgd_quick_without_apgd_in_advkit(
