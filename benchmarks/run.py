@@ -485,6 +485,7 @@ def measure(
         m.record["peak_memory_mib"] = peak
         xa = _x_adv(out) if m.library not in NOT_ATTACKS else None
         if xa is not None:
+            xa = xa.detach()  # some peers return points that still require grad
             with torch.no_grad():
                 pred = frozen(xa).argmax(1)
             dist = (xa.float() - x.float()).abs().flatten(1).amax(1)
