@@ -1,10 +1,12 @@
-"""Peer libraries' PGD and FGSM for the throughput benchmark, each optional.
+"""Peer libraries' PGD, FGSM and APGD-CE for the throughput benchmark, each optional.
 
 Every builder returns a list of `Runner`s or raises `PeerMissing` with a one-line
 reason; ``run.py`` prints that line and goes on. Nothing here installs anything.
 Settings everywhere: Linf, eps and step size in pixels of ``[0, 1]`` images,
 ``steps`` iterations from a uniform random start inside the ball (PGD), one
-full sign step of length eps (FGSM), cross-entropy loss.
+full sign step of length eps (FGSM), cross-entropy loss. APGD-CE (Croce & Hein
+2020): ``steps`` iterations, 1 restart, each library's own schedule and random
+start; torchattacks, adv-lib and the AutoAttack reference code (``pyautoattack``).
 
 The peers are given the model as a user holds it (eval mode, parameters with
 ``requires_grad=True``), so each library's own handling of the parameters is
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-PEERS = ("torchattacks", "foolbox", "adv-lib")
+PEERS = ("torchattacks", "foolbox", "adv-lib", "autoattack")
 
 
 class PeerMissing(Exception):
@@ -92,6 +94,16 @@ def torchattacks_runners(attack: str, eps: float, alpha: float, steps: int) -> l
     elif attack == "fgsm":
         settings = f"torchattacks.FGSM(eps={eps:.6g})"
         get = per_model(lambda m: torchattacks.FGSM(m, eps=eps))
+    elif attack == "apgd":
+        settings = (
+            f"torchattacks.APGD(norm='Linf', eps={eps:.6g}, steps={steps}, n_restarts=1, "
+            "seed=0, loss='ce')"
+        )
+        get = per_model(
+            lambda m: torchattacks.APGD(
+                m, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce"
+            )
+        )
     else:
         return []
 
@@ -131,17 +143,31 @@ def foolbox_runners(attack: str, eps: float, alpha: float, steps: int) -> list[R
 
 
 def adv_lib_runners(attack: str, eps: float, alpha: float, steps: int) -> list[Runner]:
-    if attack != "pgd":
+    if attack not in ("pgd", "apgd"):
         return []  # adv-lib has no FGSM (its 1-step PGD returns the best *evaluated* point)
     placeholders = [n for n in ("torchvision", "visdom") if _placeholder(n)]
     try:
         import adv_lib
         from adv_lib.attacks import pgd_linf
+        from adv_lib.attacks.auto_pgd import apgd
     except Exception as err:
         raise PeerMissing(f"adv-lib does not import ({type(err).__name__}: {err})") from None
     version = adv_lib.__version__ + (
         f" ({', '.join(placeholders)} placeholder)" if placeholders else ""
     )
+    if attack == "apgd":
+
+        def run_apgd(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            out: Tensor = apgd(
+                model, x, y, eps, norm=float("inf"), n_iter=steps, n_restarts=1, loss_function="ce"
+            )
+            return out
+
+        settings = (
+            f"adv_lib.attacks.auto_pgd.apgd(eps={eps:.6g}, norm=inf, n_iter={steps}, "
+            "n_restarts=1, loss_function='ce')"
+        )
+        return [Runner("adv-lib", "adv-lib", version, settings, run_apgd)]
     settings = (
         f"adv_lib.attacks.pgd_linf(eps={eps:.6g}, steps={steps}, absolute_step_size={alpha:.6g}, "
         "random_init=True, restarts=1, loss_function='ce')"
@@ -156,6 +182,36 @@ def adv_lib_runners(attack: str, eps: float, alpha: float, steps: int) -> list[R
     return [Runner("adv-lib", "adv-lib", version, settings, run)]
 
 
+def autoattack_runners(attack: str, eps: float, alpha: float, steps: int) -> list[Runner]:
+    """The AutoAttack reference code's APGD-CE (``pyautoattack``, a PyPI copy of fra31/auto-attack).
+
+    ``perturb`` re-seeds the global RNG with its ``seed`` argument on every call.
+    """
+    if attack != "apgd":
+        return []
+    try:
+        import importlib.metadata
+
+        from pyautoattack.autopgd_base import APGDAttack
+    except Exception as err:
+        raise PeerMissing(f"pyautoattack does not import ({type(err).__name__}: {err})") from None
+    version = importlib.metadata.version("pyautoattack")
+    settings = (
+        f"pyautoattack.autopgd_base.APGDAttack(n_iter={steps}, norm='Linf', n_restarts=1, "
+        f"eps={eps:.6g}, seed=0, loss='ce')"
+    )
+
+    def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        attack = APGDAttack(
+            model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, seed=0, loss="ce",
+            device=x.device,
+        )  # fmt: skip
+        out: Tensor = attack.perturb(x, y)
+        return out
+
+    return [Runner("AutoAttack", "autoattack", version, settings, run)]
+
+
 def _device_of(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -167,4 +223,5 @@ BUILDERS: dict[str, Callable[[str, float, float, int], list[Runner]]] = {
     "torchattacks": torchattacks_runners,
     "foolbox": foolbox_runners,
     "adv-lib": adv_lib_runners,
+    "autoattack": autoattack_runners,
 }

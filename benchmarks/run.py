@@ -230,7 +230,10 @@ def advkit_method(
     baseline: str,
 ) -> Method | str:
     """The advkit row of one variant, or a message saying why the installed advkit cannot run it."""
-    cls = advkit.PGD if attack == "pgd" else advkit.FGSM
+    classes = {"pgd": advkit.PGD, "fgsm": advkit.FGSM, "apgd": getattr(advkit, "APGD", None)}
+    cls = classes[attack]
+    if cls is None:
+        return f"advkit {advkit.__version__} has no APGD; skipping its APGD rows"
     extra = dict(VARIANTS[variant])
     if precision != "fp32":
         extra["precision"] = precision
@@ -248,6 +251,8 @@ def advkit_method(
             random_init=True,
             **extra,
         )
+    elif attack == "apgd":
+        obj = cls(norm="linf", eps=args.eps, steps=args.steps, restarts=1, **extra)
     else:
         obj = advkit.FGSM(norm="linf", eps=args.eps, **extra)
     gen = torch.Generator(device=device)
@@ -368,7 +373,7 @@ def measure(
 ) -> dict[str, Any]:
     """Time every method on one configuration; returns its JSON record."""
     fmt = torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
-    steps = args.steps if cfg.attack == "pgd" else 1
+    steps = 1 if cfg.attack == "fgsm" else args.steps
 
     # The user's model (parameters require grad, as a user holds it) and a frozen copy.
     user = copy.deepcopy(base).to(device=device, memory_format=fmt).eval().requires_grad_(True)
@@ -383,9 +388,9 @@ def measure(
 
     # Where the bare loop differentiates: PGD's iterates lie in the eps-ball around x, not at
     # x, and on the CPU some kernels (max-pooling, for one) run measurably faster on clean
-    # images with large constant regions than on perturbed ones; so PGD's floor is measured at
-    # one fixed random point of the ball (drawn like a random start), FGSM's at x itself.
-    if cfg.attack == "pgd":
+    # images with large constant regions than on perturbed ones; so (A)PGD's floor is measured
+    # at one fixed random point of the ball (drawn like a random start), FGSM's at x itself.
+    if cfg.attack != "fgsm":
         gen = torch.Generator(device=device).manual_seed(args.seed + 3)
         noise = torch.rand(x.shape, generator=gen, device=device, dtype=x.dtype)
         point = (x + (2 * noise - 1) * args.eps).clamp(0, 1).contiguous(memory_format=fmt)
@@ -480,6 +485,7 @@ def measure(
         m.record["peak_memory_mib"] = peak
         xa = _x_adv(out) if m.library not in NOT_ATTACKS else None
         if xa is not None:
+            xa = xa.detach()  # some peers return points that still require grad
             with torch.no_grad():
                 pred = frozen(xa).argmax(1)
             dist = (xa.float() - x.float()).abs().flatten(1).amax(1)
@@ -692,7 +698,7 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in record["groups"]:
-        attack = g["attack"].upper() + (f"-{g['steps']}" if g["attack"] == "pgd" else "")
+        attack = g["attack"].upper() + (f"-{g['steps']}" if g["attack"] != "fgsm" else "")
         for r in g["rows"]:
             peak, ok = r.get("peak_memory_mib"), r.get("success_rate")
             vs = "-"
@@ -737,9 +743,9 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
-def update_readme(path: Path, device: str, block: str) -> None:
-    """Put ``block`` between this device's markers in ``path`` (appended if the markers are absent)."""
-    begin, end = f"<!-- run.py:{device}:begin -->", f"<!-- run.py:{device}:end -->"
+def update_readme(path: Path, device: str, block: str, script: str = "run.py") -> None:
+    """Put ``block`` between this script's and device's markers in ``path`` (appended if absent)."""
+    begin, end = f"<!-- {script}:{device}:begin -->", f"<!-- {script}:{device}:end -->"
     text = path.read_text() if path.exists() else ""
     new = f"{begin}\n{block}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
@@ -782,7 +788,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=["plain"],
         help=f"advkit variants: {', '.join(VARIANTS)} or all",
     )
-    p.add_argument("--attacks", type=_csv, default=["pgd", "fgsm"], help="pgd, fgsm")
+    p.add_argument(
+        "--attacks", type=_csv, default=["pgd", "fgsm"], help="pgd, fgsm, apgd (APGD-CE)"
+    )
     p.add_argument("--steps", "-k", type=int, default=10)
     p.add_argument("--eps", type=_fraction, default=8 / 255, help="Linf radius, e.g. 8/255")
     p.add_argument("--step-size", type=_fraction, default=2 / 255, help="PGD step, e.g. 2/255")
@@ -827,7 +835,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         ("--dtype", args.dtype, ("fp32", "bf16")),
         ("--memory-format", args.memory_format, ("contiguous", "channels_last")),
         ("--variants", args.variants, VARIANTS),
-        ("--attacks", args.attacks, ("pgd", "fgsm")),
+        ("--attacks", args.attacks, ("pgd", "fgsm", "apgd")),
         ("--peers", args.peers, _peers.PEERS),
     ):
         bad = [g for g in got if g not in allowed]
