@@ -72,3 +72,37 @@ def make_batch(
     x = torch.rand((batch, *shape), generator=g) * 0.8 + 0.1
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
     return x, y
+
+
+def exact_norm_at_most(
+    x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: object
+) -> torch.Tensor:
+    """``(B,)`` bool: ``||x_adv - x|| <= eps`` in exact arithmetic on the values themselves.
+
+    Differences of float32 and half-precision values are exact in float64 and their norms
+    are accurate to about 1e-16 there, far below the attacks' rounding margins; float64
+    values are compared as exact fractions (Linf, L1; L2 squared).
+    """
+    import math
+    from fractions import Fraction
+
+    budgets = eps.double().expand(x.shape[0]) if isinstance(eps, torch.Tensor) else None
+    if x.dtype != torch.float64:
+        order = {"linf": math.inf, "l2": 2.0, "l1": 1.0}[norm]
+        d = torch.linalg.vector_norm((x_adv.double() - x.double()).flatten(1), ord=order, dim=1)
+        limit = budgets if budgets is not None else torch.full_like(d, float(eps))  # type: ignore[arg-type]
+        return d <= limit
+    out = []
+    for i in range(x.shape[0]):
+        e = Fraction(float(budgets[i] if budgets is not None else eps))  # type: ignore[arg-type]
+        diffs = [
+            Fraction(a) - Fraction(b)
+            for a, b in zip(x_adv[i].flatten().tolist(), x[i].flatten().tolist(), strict=True)
+        ]
+        if norm == "linf":
+            out.append(max((abs(v) for v in diffs), default=Fraction(0)) <= e)
+        elif norm == "l1":
+            out.append(sum(abs(v) for v in diffs) <= e)
+        else:
+            out.append(sum(v * v for v in diffs) <= e * e)
+    return torch.tensor(out, dtype=torch.bool)

@@ -92,9 +92,7 @@ ATTACKS: list[AttackInfo] = [_from_registry(entry) for entry in REGISTRY] + [
     ),
     AttackInfo(
         "APGD-dlr-earlystop",
-        lambda n, e: advkit.APGD(
-            norm=n, eps=e, steps=9, objective=objectives.dlr, early_stop=True
-        ),
+        lambda n, e: advkit.APGD(norm=n, eps=e, steps=9, objective=objectives.dlr, early_stop=True),
         randomized=True,
     ),
     AttackInfo(

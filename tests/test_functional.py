@@ -169,7 +169,9 @@ def test_pgd_step_feasible_and_matches_composition(case: dict[str, object], alph
     assert float(out.min()) >= -1 and float(out.max()) <= 1
     # The composition it computes, up to the rounding towards x0 that keeps it exactly inside.
     ref = F.clip(x0 + norm.project(x + alpha * norm.direction(grad) - x0, eps), (-1.0, 1.0))  # type: ignore[arg-type]
-    torch.testing.assert_close(out.double(), ref.double(), atol=4 * tol * (1 + eps_max(eps)), rtol=0)
+    torch.testing.assert_close(
+        out.double(), ref.double(), atol=4 * tol * (1 + eps_max(eps)), rtol=0
+    )
     # Exactly inside the ball, in the returned values themselves.
     assert bool((exact(out.double() - x0.double(), norm) <= e).all())
 

@@ -97,7 +97,9 @@ class RobustnessReport:
         attacks: the attacks, in the order they ran.
         indices: ``(N,)`` dataset indices, ascending.
         labels: ``(N,)`` true labels.
-        predictions: ``(N,)`` the model's predictions on the clean inputs.
+        predictions: ``(N,)`` the model's predictions on the clean inputs (``-1``
+            where its output had a NaN or infinite logit: such a sample is never
+            counted correct).
         distances: per attack name, the distances described above.
         independent: whether every attack ran on every correctly classified
             sample (``evaluate(..., independent=True)``).
@@ -647,7 +649,8 @@ def evaluate(
                 with torch.no_grad():
                     logits = checks.check_logits(clf(x), b)
                 checks.check_labels(y, b, logits.shape[1])
-                pred = logits.argmax(dim=1)
+                # a row with a NaN or infinite logit has no prediction (-1): never correct
+                pred = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
                 correct = pred == y
                 dists = {
                     info.name: torch.full(

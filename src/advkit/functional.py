@@ -573,8 +573,13 @@ def linf_box(x0: Tensor, eps: Scalar, bounds: Bounds) -> tuple[Tensor, Tensor]:
     wd = exact_dtype(x0.dtype, x0.device)
     base = x0.to(wd)
     e = _per_sample(eps, x0, wd)
-    lo = round_toward((base - e).clamp_min(bounds[0]), x0)
-    hi = round_toward((base + e).clamp_max(bounds[1]), x0)
+    if wd == x0.dtype:
+        # No wider dtype (float64 inputs, or MPS): shrink the radius by the rounding of
+        # x0 +- e, so that the rounded bounds are still within e of x0.
+        e = (e - 2 * (torch.finfo(wd).eps / 2) * (base.abs() + e)).clamp_min(0)
+    lo_box, hi_box = inner_bounds((float(bounds[0]), float(bounds[1])), x0.dtype)
+    lo = round_toward((base - e).clamp_min(lo_box), x0)
+    hi = round_toward((base + e).clamp_max(hi_box), x0)
     return lo, hi
 
 
@@ -674,9 +679,13 @@ def feasible(
     p = clip(base + delta * batch_view(shrink, delta.ndim), bounds)
     nearest = _like(p.to(x0.dtype), x0)
     wide = nearest.to(wd)
-    ok = (norm.measure(wide - base).to(wd) <= e) & (
-        ((wide >= bounds[0]) & (wide <= bounds[1])).flatten(1).all(dim=1)
-    )
+    # the differences of half-precision values are exact in float32; their norm is taken in
+    # float64 (float32 on MPS) so that the test does not pass on rounding
+    acc = torch.float32 if x0.device.type == "mps" else torch.float64
+    n_near = torch.linalg.vector_norm((wide - base).flatten(1), ord=norm.p, dim=1, dtype=acc)
+    e_acc = _per_sample(eps, delta, acc).reshape(-1)
+    inside = ((wide >= bounds[0]) & (wide <= bounds[1])).flatten(1).all(dim=1)
+    ok = (n_near <= e_acc) & inside
     result: Tensor = torch.where(batch_view(ok, p.ndim), nearest, round_toward(p, x0))
     return result
 
