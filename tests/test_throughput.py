@@ -25,7 +25,7 @@ from torch.utils.flop_counter import flop_registry
 import advkit
 from advkit import _fused
 from advkit import functional as F
-from advkit.attacks import base
+from advkit.attacks import Oracle, Task
 from tests._digits import digits_data, digits_model
 from tests._models import make_batch, make_model
 
@@ -69,25 +69,34 @@ def test_early_stop_syncs_only_every_few_steps() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_pgd_step_loop_has_no_cuda_sync() -> None:
+@pytest.mark.parametrize(
+    "attack",
+    [advkit.PGD(norm="l2", eps=0.3, steps=3), advkit.APGD(norm="l2", eps=0.3, steps=5),
+     advkit.APGD(norm="l1", eps=2.0, steps=5), advkit.APGD(norm="linf", eps=0.1, steps=5)],
+    ids=["pgd-l2", "apgd-l2", "apgd-l1", "apgd-linf"],
+)  # fmt: skip
+def test_step_loop_has_no_cuda_sync(attack: advkit.Attack) -> None:
+    """An attack's run (no call-level checks) never synchronises the device."""
     model, shape = make_model("conv")
     model = model.cuda()
     x, y = (t.cuda() for t in make_batch(shape, batch=8))
-    attack = advkit.PGD(norm="l2", eps=0.3, steps=3)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    ctx = base.Context(
-        model=advkit.wrap(model),
+    clf = advkit.wrap(model)
+    task = Task(
         x0=x,
         labels=y,
-        eps=0.3,
         norm=attack.norm,
+        bounds=clf.bounds,
         objective=attack.objective,
         generator=gen,
+        eps=attack.eps,
     )
-    with advkit.model_guard(ctx.model):
+    with advkit.model_guard(clf):
+        oracle = Oracle(clf)
+        attack.run(oracle, task)  # warm-up: compiled step, cuDNN choices
         torch.cuda.set_sync_debug_mode("error")
         try:
-            attack.run(ctx)
+            attack.run(oracle, task)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
