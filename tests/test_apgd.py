@@ -431,3 +431,30 @@ def test_models_with_few_classes(classes: int) -> None:
     # MultiTargeted's targets follow the number of classes: C - 1 of them here
     res = advkit.MultiTargeted(advkit.APGD(eps=1e-6, steps=2))(model, x, y)
     assert len(res.parts) == classes - 1
+
+
+def test_large_eps_schedule_for_l1() -> None:
+    """AutoAttack's L1 schedule: stages at 3 eps, 2 eps and eps (30/30/40% of the steps), each
+    starting from the best point of the one before; only the last, in the real ball, counts."""
+    _, _, x, y = digits_data()
+    model = digits_model()
+    x, y = x[:64], y[:64]
+    radii: list[float] = []
+    original = apgd_module.APGD._run_once
+
+    def spy(self: Any, oracle: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
+        radii.append(float(task.budget()))
+        return original(self, oracle, task, *args, **kwargs)
+
+    apgd_module.APGD._run_once = spy  # type: ignore[method-assign]
+    try:
+        res = advkit.APGD(norm="l1", eps=2.0, steps=10, large_eps=True)(
+            model, x, y, generator=torch.Generator().manual_seed(0)
+        )
+    finally:
+        apgd_module.APGD._run_once = original  # type: ignore[method-assign]
+    assert radii == [6.0, 4.0, 2.0]
+    assert (res.forward_passes, res.backward_passes) == (13, 10)  # a scored end per stage
+    assert bool((res.distance <= 2.0).all())
+    with pytest.raises(advkit.ConfigError, match="norm='l1'"):
+        advkit.APGD(norm="linf", eps=0.1, large_eps=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -86,10 +87,9 @@ class _Scheme:
 
     def __init__(self, attack: APGD, task: Task) -> None:
         self.attack = attack
-        self.steps = attack.steps
 
-    def checkpoints(self) -> dict[int, int]:
-        return checkpoints(self.steps)
+    def checkpoints(self, steps: int) -> dict[int, int]:
+        return checkpoints(steps)
 
     def start(self, task: Task) -> Tensor:
         """The first iterate of a restart, for the whole batch (a point uniform in the ball,
@@ -104,8 +104,9 @@ class _Scheme:
         """The projection onto the feasible set (a `advkit.norms.Region` for Linf and L2)."""
         return task.region
 
-    def state(self, task: Task) -> dict[str, Tensor]:
-        """Per-sample schedule state at the start of a run."""
+    def state(self, task: Task, start: Tensor, warm: bool) -> dict[str, Tensor]:
+        """Per-sample schedule state at the start of a run (``warm``: from a point an earlier
+        run found, not a random one)."""
         eps = _per_sample(task)
         return {"eta": 2.0 * eps}
 
@@ -154,8 +155,8 @@ class _L1Scheme(_Scheme):
     classifiers", ICML 2021): exact projection onto the L1 ball and the box, sparse steps
     whose sparsity follows that of the best point, no momentum."""
 
-    def checkpoints(self) -> dict[int, int]:
-        return l1_checkpoints(self.steps)
+    def checkpoints(self, steps: int) -> dict[int, int]:
+        return l1_checkpoints(steps)
 
     def region(self, task: Task) -> Any:
         x0, eps, bounds, norm = task.x0, task.budget(), task.bounds, task.norm
@@ -182,15 +183,15 @@ class _L1Scheme(_Scheme):
         out: Tensor = self.region(task)(x0.to(draw) + noise)
         return out
 
-    def state(self, task: Task) -> dict[str, Tensor]:
+    def state(self, task: Task, start: Tensor, warm: bool) -> dict[str, Tensor]:
         eps = _per_sample(task)
         d = float(task.x0[0].numel())
-        return {
-            "eta": eps.clone(),
-            "eps": eps,
-            "sparsity": torch.full_like(eps, 0.2),
-            "support_before": torch.full_like(eps, d),
-        }
+        if warm:  # the sparsity of the point it starts from (the reference's custom start)
+            support = (start != task.x0).flatten(1).sum(dim=1).to(eps.dtype)
+            sparsity, before = support / d / 1.5, support
+        else:
+            sparsity, before = torch.full_like(eps, 0.2), torch.full_like(eps, d)
+        return {"eta": eps.clone(), "eps": eps, "sparsity": sparsity, "support_before": before}
 
     def step(
         self,
@@ -322,6 +323,7 @@ class APGD(Attack):
         rho: float = 0.75,
         random_init: bool = True,
         early_stop: bool = False,
+        large_eps: bool = False,
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
         eot: int = 1,
@@ -341,6 +343,12 @@ class APGD(Attack):
         self.rho = float(rho)
         self.random_init = bool(random_init)
         self.early_stop = bool(early_stop)
+        self.large_eps = bool(large_eps)
+        if self.large_eps and self.norm.name != "l1":
+            raise checks.ConfigError(
+                "large_eps is APGD-L1's schedule (AutoAttack's for L1); the norm here is "
+                f"{self.norm.name}: drop large_eps or use norm='l1'."
+            )
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -350,6 +358,7 @@ class APGD(Attack):
             "rho": self.rho,
             "random_init": self.random_init,
             "early_stop": self.early_stop,
+            "large_eps": self.large_eps,
         }
 
     def run(self, oracle: Oracle, task: Task) -> Found:
@@ -360,9 +369,40 @@ class APGD(Attack):
             active = ActiveSet(task.batch_size)
             if restart > 0 and not active.update(best.success):
                 break
+            if self.large_eps:
+                self._run_large_eps(oracle, task, scheme, best, active)
+                continue
             start = scheme.start(task)  # the whole batch: keyed draws do not depend on it
-            self._run_once(oracle, task, scheme, start, best, active)
+            self._run_once(oracle, task, scheme, start, best, active, self.steps)
         return Found(best.x, best.logits)
+
+    def _run_large_eps(
+        self,
+        oracle: Oracle,
+        task: Task,
+        scheme: _Scheme,
+        best: BestByObjective,
+        active: ActiveSet,
+    ) -> None:
+        """AutoAttack's L1 schedule: 30% of the steps at 3 eps, 30% at 2 eps, 40% at eps, each
+        stage from the best point of the one before (projected onto its smaller ball); only
+        the last stage, in the real ball, can break a sample."""
+        first = math.ceil(0.3 * self.steps)
+        stages = [(3.0, first), (2.0, first), (1.0, self.steps - 2 * first)]
+        eps = task.budget()
+        x0 = task.x0
+        draw = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
+        point = x0.to(draw) + noise
+        for k, (scale, steps) in enumerate(stages):
+            if steps < 1:
+                continue
+            stage = task.using(eps=eps * scale)
+            point = scheme.region(stage)(point)
+            final = k == len(stages) - 1
+            point = self._run_once(
+                oracle, stage, scheme, point, best if final else None, active, steps, warm=True
+            )
 
     def _run_once(
         self,
@@ -370,18 +410,23 @@ class APGD(Attack):
         task: Task,
         scheme: _Scheme,
         start: Tensor,
-        best: BestByObjective,
+        best: BestByObjective | None,
         active: ActiveSet,
-    ) -> None:
-        """One run of ``steps`` iterations on the samples of ``active``."""
+        steps: int,
+        warm: bool = False,
+    ) -> Tensor:
+        """One run of ``steps`` iterations on the samples of ``active``, from ``start``;
+        candidates go to ``best`` (unless ``None``). Returns ``start`` with the running rows
+        replaced by their highest-objective points."""
         sub = task if active.rows is None else task.subset(active.rows)
         region = scheme.region(sub)
-        marks = scheme.checkpoints()
+        marks = scheme.checkpoints(steps)
         (x,) = active.take(start)
         loss, grad, logits = oracle.value_and_grad(x, sub.loss)
         ok = sub.success(logits)
-        best.consider(x, logits, loss, ok, active.rows)
-        state = scheme.state(sub)
+        if best is not None:
+            best.consider(x, logits, loss, ok, active.rows)
+        state = scheme.state(sub, x, warm)
         state["halved_before"] = torch.ones_like(ok)
         state["loss_best_before"] = loss
         track: dict[str, Tensor] = {
@@ -395,20 +440,22 @@ class APGD(Attack):
             "increases": torch.zeros_like(loss),
             "ok": ok,
         }
-        for i in range(self.steps):
-            if self.early_stop and i > 0 and i % self._compact_every == 0:
+        done = best.success if best is not None else None
+        for i in range(steps):
+            if self.early_stop and done is not None and i > 0 and i % self._compact_every == 0:
                 # A look at the host (one sync every few steps): drop the samples that already
                 # succeed from the batch, in a few fixed batch sizes.
+                assert best is not None
                 track, state = self._compact(active, best.success, track, state)
                 if active.running == 0:
-                    return
+                    return start
                 sub = task if active.rows is None else task.subset(active.rows)
                 region = scheme.region(sub)
             x, x_prev = track["x"], track["x_prev"]
             x_next = scheme.step(state, region, x, x_prev, track["grad"], first=i == 0)
             if self.early_stop:  # a sample that succeeds stays where it is
                 x_next = torch.where(_rows(track["ok"], x), x, x_next)
-            last = i == self.steps - 1
+            last = i == steps - 1
             if last:
                 logits = oracle.logits(x_next)
                 loss = sub.loss(logits)
@@ -416,7 +463,8 @@ class APGD(Attack):
             else:
                 loss, grad, logits = oracle.value_and_grad(x_next, sub.loss)
             ok = sub.success(logits)
-            best.consider(x_next, logits, loss, ok, active.rows)
+            if best is not None:
+                best.consider(x_next, logits, loss, ok, active.rows)
             better = loss > track["loss_best"]
             mask = _rows(better, x_next)
             track["x_best"] = torch.where(mask, x_next, track["x_best"])
@@ -431,6 +479,7 @@ class APGD(Attack):
                 track["x"] = torch.where(back, track["x_best"], track["x"])
                 track["grad"] = torch.where(back, track["grad_best"], track["grad"])
                 track["increases"] = torch.zeros_like(track["increases"])
+        return active.put(start, track["x_best"])
 
     @staticmethod
     def _compact(

@@ -390,7 +390,8 @@ class Attack(ABC):
             eps=budget,
         )
         call_checks = _Checks(task, targets)
-        task._resolve = call_checks.force
+        if targets is not None:  # targets read before the first forward pass need one
+            task._resolve = call_checks.force
         with model_guard(clf, keep_mode=keep_mode), _private_rng(x.device):
             oracle = Oracle(clf, keep_mode=keep_mode, observer=call_checks)
             call_checks.oracle = oracle
