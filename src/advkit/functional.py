@@ -58,6 +58,7 @@ __all__ = [
     "randn",
     "round_toward",
     "safe_radius",
+    "work_dtype",
 ]
 
 Scalar = float | Tensor
@@ -203,9 +204,9 @@ def randn(
 ) -> Tensor:
     """Standard normal values from ``generator`` (Box-Muller for a keyed source)."""
     if isinstance(generator, KeyedGenerator):
-        wd = torch.float64 if dtype == torch.float64 else torch.float32
-        u1 = _uniform_from_bits(generator.bits(shape), wd)
-        u2 = _uniform_from_bits(generator.bits(shape), wd)
+        work = work_dtype(dtype)
+        u1 = _uniform_from_bits(generator.bits(shape), work)
+        u2 = _uniform_from_bits(generator.bits(shape), work)
         return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)).to(dtype)
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
@@ -229,8 +230,10 @@ def randint(
 # --------------------------------------------------------------------------- helpers
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype in which reductions over a sample are computed."""
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which advkit computes per-sample reductions, scale factors, random draws
+    and losses for inputs of ``dtype``: float32 for half precision, the inputs' own dtype
+    otherwise (`exact_dtype` is the other rule: where a perturbation must be exact)."""
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
@@ -314,9 +317,9 @@ def linf_direction(grad: Tensor) -> Tensor:
 
 def linf_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tensor:
     """A perturbation drawn uniformly from the Linf ball of radius ``eps``, laid out like ``x``."""
-    wd = _work_dtype(x.dtype)
-    u = rand(tuple(x.shape), generator, device=x.device, dtype=wd)
-    return _like((2 * u - 1) * _per_sample(eps, x, wd), x)
+    work = work_dtype(x.dtype)
+    u = rand(tuple(x.shape), generator, device=x.device, dtype=work)
+    return _like((2 * u - 1) * _per_sample(eps, x, work), x)
 
 
 # --------------------------------------------------------------------------- L2
@@ -324,7 +327,7 @@ def linf_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Te
 
 def l2_norm(x: Tensor) -> Tensor:
     r"""Per-sample $\|x_i\|_2$, shape ``(B,)``, accumulated in at least float32."""
-    n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=2, dim=1, dtype=_work_dtype(x.dtype))
+    n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=2, dim=1, dtype=work_dtype(x.dtype))
     return n
 
 
@@ -357,12 +360,12 @@ def l2_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tens
     $\epsilon\, U^{1/d}$ with $U \sim \mathcal{U}(0, 1)$ and ``d``
     the number of coordinates per sample (uniform radii would crowd the centre).
     """
-    wd = _work_dtype(x.dtype)
+    work = work_dtype(x.dtype)
     b, d = x.shape[0], x[0].numel()
-    g = randn(tuple(x.shape), generator, device=x.device, dtype=wd)
-    u = rand((b,), generator, device=x.device, dtype=wd)
-    radius = u.pow(1.0 / max(d, 1)) * _per_sample(eps, x, wd).reshape(-1)
-    n = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min(torch.finfo(wd).tiny)
+    g = randn(tuple(x.shape), generator, device=x.device, dtype=work)
+    u = rand((b,), generator, device=x.device, dtype=work)
+    radius = u.pow(1.0 / max(d, 1)) * _per_sample(eps, x, work).reshape(-1)
+    n = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min(torch.finfo(work).tiny)
     return _like(g * batch_view(radius / n, x.ndim), x)
 
 
@@ -371,7 +374,7 @@ def l2_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tens
 
 def l1_norm(x: Tensor) -> Tensor:
     r"""Per-sample $\|x_i\|_1$, shape ``(B,)``, accumulated in at least float32."""
-    n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=1, dim=1, dtype=_work_dtype(x.dtype))
+    n: Tensor = torch.linalg.vector_norm(x.flatten(1), ord=1, dim=1, dtype=work_dtype(x.dtype))
     return n
 
 
@@ -385,23 +388,23 @@ def l1_project(delta: Tensor, eps: Scalar) -> Tensor:
     threshold $\theta \ge 0$ that makes its L1 norm equal to
     $\epsilon$. Cost $O(d \log d)$ per sample, no loop over samples.
     """
-    wd = _work_dtype(delta.dtype)
-    work = delta.to(wd)
-    a = work.flatten(1).abs()
+    work = work_dtype(delta.dtype)
+    values = delta.to(work)
+    a = values.flatten(1).abs()
     b, d = a.shape
-    e = _per_sample(eps, delta, wd).reshape(b)
+    e = _per_sample(eps, delta, work).reshape(b)
     u = a.sort(dim=1, descending=True).values
     css = u.cumsum(dim=1) - e.unsqueeze(1)
-    k = torch.arange(1, d + 1, device=a.device, dtype=wd)
+    k = torch.arange(1, d + 1, device=a.device, dtype=work)
     # rho = max{j : u_j > (cumsum_j - eps) / j}; the condition holds exactly for j <= rho.
     rho = (u * k > css).sum(dim=1, keepdim=True).clamp_min(1)
-    theta = (css.gather(1, rho - 1) / rho.to(wd)).clamp_min(0).reshape(b)
+    theta = (css.gather(1, rho - 1) / rho.to(work)).clamp_min(0).reshape(b)
     theta = torch.where(a.sum(dim=1) <= e, torch.zeros_like(theta), theta)
-    out = work.sign() * (work.abs() - batch_view(theta, work.ndim)).clamp_min(0)
+    out = values.sign() * (values.abs() - batch_view(theta, values.ndim)).clamp_min(0)
     # |x| - theta cancels badly when eps << |x|: a radial rescale removes that rounding
     # error, so the result is in the ball up to a relative (not absolute) rounding error.
     n = out.flatten(1).abs().sum(dim=1)
-    fix = torch.where(n > e, e / n.clamp_min(torch.finfo(wd).tiny), torch.ones_like(n))
+    fix = torch.where(n > e, e / n.clamp_min(torch.finfo(work).tiny), torch.ones_like(n))
     return (out * batch_view(fix, out.ndim)).to(delta.dtype)
 
 
@@ -436,7 +439,7 @@ def l1_direction(grad: Tensor, q: Scalar = 0.01) -> Tensor:
         thr = flat.topk(l1_k(d, float(q)), dim=1, sorted=False).values.amin(dim=1)
     mask = grad.abs() >= batch_view(thr, grad.ndim)
     s = grad.sign() * mask
-    count = s.flatten(1).abs().sum(dim=1, dtype=_work_dtype(grad.dtype))
+    count = s.flatten(1).abs().sum(dim=1, dtype=work_dtype(grad.dtype))
     return _rescale(s, 1.0 / count.clamp_min(1.0))
 
 
@@ -447,12 +450,12 @@ def l1_sample(x: Tensor, eps: Scalar, *, generator: RandomSource = None) -> Tens
     $(E_1, \dots, E_d) / \sum_{i \le d+1} E_i$ is uniform in the simplex
     $\{v \ge 0, \sum v \le 1\}$; random signs make it uniform in the ball.
     """
-    wd = _work_dtype(x.dtype)
+    work = work_dtype(x.dtype)
     b, d = x.shape[0], x[0].numel()
-    e = -torch.log1p(-rand((b, d + 1), generator, device=x.device, dtype=wd))  # Exp(1)
+    e = -torch.log1p(-rand((b, d + 1), generator, device=x.device, dtype=work))  # Exp(1)
     v = e[:, :d] / e.sum(dim=1, keepdim=True)
-    signs = randint(0, 2, (b, d), generator, device=x.device).to(wd) * 2 - 1
-    v = (v * signs * _per_sample(eps, x, wd).reshape(b, 1)).reshape(x.shape)
+    signs = randint(0, 2, (b, d), generator, device=x.device).to(work) * 2 - 1
+    v = (v * signs * _per_sample(eps, x, work).reshape(b, 1)).reshape(x.shape)
     return _like(v, x)
 
 
@@ -490,13 +493,13 @@ def l1_box_project(delta: Tensor, x0: Tensor, eps: Scalar, bounds: Bounds) -> Te
         >>> l1_box_project(torch.tensor([[0.5, 0.3]]), x0, 0.4, (0.0, 1.0))
         tensor([[0.1000, 0.3000]])
     """
-    wd = _work_dtype(delta.dtype)
-    y = delta.to(wd).flatten(1)
-    base = x0.to(wd).flatten(1)
+    work = work_dtype(delta.dtype)
+    y = delta.to(work).flatten(1)
+    base = x0.to(work).flatten(1)
     b = y.shape[0]
     a = y.abs()
     room = torch.where(y >= 0, bounds[1] - base, base - bounds[0]).clamp_min(0)
-    e = _per_sample(eps, delta, wd).reshape(b)
+    e = _per_sample(eps, delta, work).reshape(b)
     clipped = torch.minimum(a, room)
     g0 = clipped.sum(dim=1)
     # Breakpoints of g(lam) = sum_i clamp(a_i - lam, 0, room_i) on lam >= 0: the slope drops by
@@ -517,8 +520,8 @@ def l1_box_project(delta: Tensor, x0: Tensor, eps: Scalar, bounds: Bounds) -> Te
     out = y.sign() * torch.minimum((a - lam.unsqueeze(1)).clamp_min(0), room)
     # Rounding in the cumulative sums: a radial shrink (towards x0, so the box still holds).
     n = out.abs().sum(dim=1)
-    fix = torch.where(n > e, e / n.clamp_min(torch.finfo(wd).tiny), torch.ones_like(n))
-    return _like((out * fix.unsqueeze(1)).reshape(delta.shape), delta.to(wd))
+    fix = torch.where(n > e, e / n.clamp_min(torch.finfo(work).tiny), torch.ones_like(n))
+    return _like((out * fix.unsqueeze(1)).reshape(delta.shape), delta.to(work))
 
 
 # --------------------------------------------------------------------------- exact feasibility
@@ -571,13 +574,13 @@ def linf_box(x0: Tensor, eps: Scalar, bounds: Bounds) -> tuple[Tensor, Tensor]:
         >>> lo, hi
         (tensor([[0.0000, 0.2500]]), tensor([[0.2500, 0.7500]]))
     """
-    wd = exact_dtype(x0.dtype, x0.device)
-    base = x0.to(wd)
-    e = _per_sample(eps, x0, wd)
-    if wd == x0.dtype:
+    work = exact_dtype(x0.dtype, x0.device)
+    base = x0.to(work)
+    e = _per_sample(eps, x0, work)
+    if work == x0.dtype:
         # No wider dtype (float64 inputs, or MPS): shrink the radius by the rounding of
         # x0 +- e, so that the rounded bounds are still within e of x0.
-        e = (e - 2 * (torch.finfo(wd).eps / 2) * (base.abs() + e)).clamp_min(0)
+        e = (e - 2 * (torch.finfo(work).eps / 2) * (base.abs() + e)).clamp_min(0)
     lo_box, hi_box = inner_bounds((float(bounds[0]), float(bounds[1])), x0.dtype)
     lo = round_toward((base - e).clamp_min(lo_box), x0)
     hi = round_toward((base + e).clamp_max(hi_box), x0)
@@ -678,16 +681,16 @@ def feasible(
         shrink = torch.where(n > limit, limit / n.clamp_min(torch.finfo(r.dtype).tiny), 1.0)
         lo, hi = inner_bounds((float(bounds[0]), float(bounds[1])), x0.dtype)
         return _like((x0 + _rescale(t.to(x0.dtype), shrink)).clamp(lo, hi), x0)
-    wd = torch.float32
-    base = x0.to(wd)
-    delta = proj(x.to(wd) - base, eps)
-    n = norm.measure(delta).to(wd)
-    e = _per_sample(eps, delta, wd).reshape(-1)
-    safe = 1.0 - 16 * torch.finfo(wd).eps
-    shrink = torch.where(n > e * safe, e * safe / n.clamp_min(torch.finfo(wd).tiny), 1.0)
+    work = torch.float32
+    base = x0.to(work)
+    delta = proj(x.to(work) - base, eps)
+    n = norm.measure(delta).to(work)
+    e = _per_sample(eps, delta, work).reshape(-1)
+    safe = 1.0 - 16 * torch.finfo(work).eps
+    shrink = torch.where(n > e * safe, e * safe / n.clamp_min(torch.finfo(work).tiny), 1.0)
     p = clip(base + delta * batch_view(shrink, delta.ndim), bounds)
     nearest = _like(p.to(x0.dtype), x0)
-    wide = nearest.to(wd)
+    wide = nearest.to(work)
     # the differences of half-precision values are exact in float32; their norm is taken in
     # float64 (float32 on MPS) so that the test does not pass on rounding
     acc = torch.float32 if x0.device.type == "mps" else torch.float64

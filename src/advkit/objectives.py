@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from advkit.checks import ConfigError
@@ -48,8 +48,8 @@ def cross_entropy(logits: Tensor, labels: Tensor, targets: Tensor | None = None)
     """
     z = _f(logits)
     if targets is None:
-        return F.cross_entropy(z, labels, reduction="none")
-    return -F.cross_entropy(z, targets, reduction="none")
+        return nnf.cross_entropy(z, labels, reduction="none")
+    return -nnf.cross_entropy(z, targets, reduction="none")
 
 
 def margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:

@@ -97,7 +97,7 @@ class _Scheme:
         x0, eps = task.x0, task.budget()
         if not self.attack.random_init:
             return x0
-        base = x0.to(torch.promote_types(x0.dtype, torch.float32))
+        base = x0.to(F.work_dtype(x0.dtype))
         return task.region(base + task.norm.sample(x0, eps, generator=task.generator))
 
     def region(self, task: Task) -> Any:
@@ -124,9 +124,9 @@ class _Scheme:
         z = _fused.step(region, x, grad, state["eta"])
         if first:
             return z
-        wd = torch.promote_types(x.dtype, torch.float32)
-        xw = x.to(wd)
-        out: Tensor = region(xw + 0.75 * (z.to(wd) - xw) + 0.25 * (xw - x_prev.to(wd)))
+        work = F.work_dtype(x.dtype)
+        xw = x.to(work)
+        out: Tensor = region(xw + 0.75 * (z.to(work) - xw) + 0.25 * (xw - x_prev.to(work)))
         return out
 
     def check(
@@ -178,7 +178,7 @@ class _L1Scheme(_Scheme):
         x0 = task.x0
         if not self.attack.random_init:
             return x0
-        draw = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        draw = F.work_dtype(x0.dtype)
         noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
         out: Tensor = self.region(task)(x0.to(draw) + noise)
         return out
@@ -203,9 +203,9 @@ class _L1Scheme(_Scheme):
         first: bool,
     ) -> Tensor:
         direction = F.l1_direction(grad, state["sparsity"])
-        wd = torch.promote_types(x.dtype, torch.float32)
-        eta = F.batch_view(state["eta"].to(wd), x.ndim)
-        out: Tensor = region(x.to(wd) + eta * direction.to(wd))
+        work = F.work_dtype(x.dtype)
+        eta = F.batch_view(state["eta"].to(work), x.ndim)
+        out: Tensor = region(x.to(work) + eta * direction.to(work))
         return out
 
     def check(
@@ -391,7 +391,7 @@ class APGD(Attack):
         stages = [(3.0, first), (2.0, first), (1.0, self.steps - 2 * first)]
         eps = task.budget()
         x0 = task.x0
-        draw = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        draw = F.work_dtype(x0.dtype)
         noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
         point = x0.to(draw) + noise
         for k, (scale, steps) in enumerate(stages):

@@ -470,8 +470,8 @@ def _inside_box(task: Task, x: Tensor) -> Tensor:
 
 def _inside(task: Task, x: Tensor) -> Tensor:
     """``(B,)`` bool: ``x`` lies in the ball and the box, measured exactly."""
-    wd = exact_dtype(x.dtype, x.device)
-    n = task.norm.measure(x.to(wd) - task.x0.to(wd))
+    work = exact_dtype(x.dtype, x.device)
+    n = task.norm.measure(x.to(work) - task.x0.to(work))
     eps = task.budget()
     e = eps.to(n) if isinstance(eps, Tensor) else eps
     return (n <= e) & _inside_box(task, x)
@@ -480,5 +480,5 @@ def _inside(task: Task, x: Tensor) -> Tensor:
 def _distance(task: Task, x: Tensor) -> Tensor:
     """``(B,)`` norm of ``x - x0``, computed in float64 (float32 on MPS) from the exact
     differences, so that a point inside the ball never reports a distance above eps."""
-    wd = exact_dtype(torch.float64, x.device)
-    return task.norm.measure(x.to(wd) - task.x0.to(wd))
+    work = exact_dtype(torch.float64, x.device)
+    return task.norm.measure(x.to(work) - task.x0.to(work))

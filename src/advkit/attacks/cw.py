@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from advkit import checks
+from advkit import functional as F
 from advkit.attacks.base import Found, MinNormAttack
 from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
 from advkit.attacks.task import Task
@@ -120,10 +121,10 @@ class CW(MinNormAttack):
                 "without bounds."
             )
         b = x0.shape[0]
-        wd = torch.float64 if x0.dtype == torch.float64 else torch.float32
+        work = F.work_dtype(x0.dtype)
         dev = x0.device
         width = hi - lo
-        base = x0.to(wd)
+        base = x0.to(work)
         # tanh-space start: atanh of the input scaled to (-1, 1), shrunk so that bounds stay finite.
         w_max = math.atanh(1 - 1e-6)
         w_start = torch.atanh(((base - lo) / width * 2 - 1) * (1 - 1e-6))
@@ -133,7 +134,7 @@ class CW(MinNormAttack):
         def to_x(w: Tensor) -> Tensor:
             return (lo + width * (torch.tanh(w) + 1) / 2).to(x0.dtype)
 
-        const = torch.full((b,), self.initial_const, dtype=wd, device=dev)
+        const = torch.full((b,), self.initial_const, dtype=work, device=dev)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, math.inf)
         clean = oracle.clean_logits(task)
@@ -151,16 +152,16 @@ class CW(MinNormAttack):
                 c = const
 
                 def hinge(logits: Tensor, c: Tensor = c) -> Tensor:
-                    m_now = margin(logits, task.labels, targets).to(wd)
+                    m_now = margin(logits, task.labels, targets).to(work)
                     return c * torch.clamp(kappa - m_now, min=0.0)
 
                 penalty, gx, logits = oracle.value_and_grad(x, hinge)
-                diff = (x.to(wd) - base) / width
+                diff = (x.to(work) - base) / width
                 dist = diff.flatten(1).pow(2).sum(dim=1)  # in units of the box width
                 loss = dist + penalty
                 t = torch.tanh(w)
                 # d loss / d w through x = lo + width (tanh(w) + 1) / 2
-                g = (2 * diff / width + gx.to(wd)) * (width * (1 - t * t) / 2)
+                g = (2 * diff / width + gx.to(work)) * (width * (1 - t * t) / 2)
                 ok = self._succeeds(task, logits)
                 best.consider(x, logits, ok, dist.sqrt() * width)
                 found = found | ok

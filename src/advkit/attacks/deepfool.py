@@ -13,7 +13,7 @@ from advkit.attacks.base import Found, MinNormAttack
 from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
 from advkit.attacks.task import Task
 from advkit.attacks.tracking import ActiveSet, BestByDistance, keep_best
-from advkit.functional import batch_view, clip
+from advkit.functional import batch_view, clip, work_dtype
 from advkit.norms import L2, Linf, NormSpec
 
 __all__ = ["DeepFool"]
@@ -247,8 +247,8 @@ class DeepFool(MinNormAttack):
         if isinstance(self.norm, (L2, Linf)):  # <w, direction(w)> is the dual norm
             slope = self.norm.dual_measure(flat)
         else:
-            wd = torch.promote_types(flat.dtype, torch.float32)
-            slope = (flat * self.norm.direction(flat)).flatten(1).sum(1, dtype=wd)
+            work = work_dtype(flat.dtype)
+            slope = (flat * self.norm.direction(flat)).flatten(1).sum(1, dtype=work)
         slope = slope.reshape(gap.shape)
         violated = gap < 0
         gap = gap.abs().to(slope.dtype)

@@ -12,7 +12,15 @@ from advkit.attacks.base import Attack, Found
 from advkit.attacks.oracle import Oracle
 from advkit.attacks.task import Task
 from advkit.attacks.tracking import BestByObjective
-from advkit.functional import RandomSource, Scalar, batch_view, exact_dtype, rand, randn
+from advkit.functional import (
+    RandomSource,
+    Scalar,
+    batch_view,
+    exact_dtype,
+    rand,
+    randn,
+    work_dtype,
+)
 from advkit.norms import NormSpec
 from advkit.objectives import Objective, cross_entropy
 
@@ -40,11 +48,11 @@ class _AdditiveNoise(Attack):
 
     def _on_sphere(self, x: Tensor, eps: Scalar, generator: RandomSource) -> Tensor:
         """Noise rescaled to norm exactly ``eps`` per sample, in the exact dtype of ``x``."""
-        wd = exact_dtype(x.dtype, x.device)
-        draw = torch.float64 if x.dtype == torch.float64 else torch.float32
-        raw = self._noise(x.to(draw), generator).to(wd)
-        n = self.norm.measure(raw).clamp_min(torch.finfo(wd).tiny)
-        e = eps.to(wd) if isinstance(eps, Tensor) else torch.full_like(n, float(eps))
+        work = exact_dtype(x.dtype, x.device)
+        draw = work_dtype(x.dtype)
+        raw = self._noise(x.to(draw), generator).to(work)
+        n = self.norm.measure(raw).clamp_min(torch.finfo(work).tiny)
+        e = eps.to(work) if isinstance(eps, Tensor) else torch.full_like(n, float(eps))
         return raw * batch_view(e / n, raw.ndim)
 
     def run(self, oracle: Oracle, task: Task) -> Found:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from advkit import checks
+from advkit.functional import work_dtype
 from advkit.models import Classifier
 
 __all__ = ["CompileSpec", "Oracle", "PrecisionSpec"]
@@ -316,5 +317,5 @@ class Oracle:
 
 def _mean(ts: list[Tensor]) -> Tensor:
     """The mean of same-shaped tensors (in float32 at least for half precision)."""
-    wd = torch.promote_types(ts[0].dtype, torch.float32)
-    return (torch.stack(ts).to(wd).mean(dim=0)).to(ts[0].dtype)
+    work = work_dtype(ts[0].dtype)
+    return (torch.stack(ts).to(work).mean(dim=0)).to(ts[0].dtype)

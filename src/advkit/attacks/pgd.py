@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from advkit import _fused, checks
 from advkit.attacks.base import Attack, Found
 from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
 from advkit.attacks.task import Task
 from advkit.attacks.tracking import ActiveSet, BestByObjective, keep_best
-from advkit.functional import Scalar
+from advkit.functional import Scalar, work_dtype
 from advkit.norms import NormSpec
 from advkit.objectives import Objective, cross_entropy
 
@@ -131,7 +129,7 @@ class PGD(Attack):
             if self.early_stop and restart > 0 and not active.update(best.success):
                 break
             if self.random_init:
-                start = x0.to(torch.promote_types(x0.dtype, torch.float32))
+                start = x0.to(work_dtype(x0.dtype))
                 x_all = task.region(start + norm.sample(x0, eps, generator=task.generator))
             else:
                 x_all = x0  # the clean point is the first iterate (its pass runs the checks)

@@ -113,8 +113,8 @@ class BestByDistance:
         self.x = x0
         self.logits = logits0
         # float64 (float32 on MPS): distances are compared with budgets given as Python floats
-        wd = torch.float32 if x0.device.type == "mps" else torch.float64
-        zero = torch.zeros(x0.shape[0], dtype=wd, device=x0.device)
+        work = torch.float32 if x0.device.type == "mps" else torch.float64
+        zero = torch.zeros(x0.shape[0], dtype=work, device=x0.device)
         self.distance = torch.where(start_success, zero, math.inf)
 
     @property
