@@ -37,6 +37,7 @@ log = logging.getLogger("mkdocs.hooks.advkit")
 KINDS = {
     "gradient": ("gradient", "gradient attacks, any norm"),
     "minimal-norm": ("minimal norm", "minimal-norm attacks"),
+    "score-based": ("score-based", "score-based attacks (forward passes only)"),
     "noise": ("baseline", "random-noise baselines"),
     "composite": ("composite", "attacks built from other attacks"),
 }

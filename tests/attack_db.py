@@ -46,7 +46,16 @@ COMPOSITES: dict[str, Callable[[str, float], Attack]] = {
     ),
     "Sweep": lambda n, e: advkit.Sweep(advkit.PGD(norm=n, steps=2), eps=[e / 4, e / 2, e]),
 }
-RANDOMIZED = {"PGD", "APGD", "UniformNoise", "GaussianNoise", "MultiTargeted", "Ensemble", "Sweep"}
+RANDOMIZED = {
+    "PGD",
+    "APGD",
+    "Square",
+    "UniformNoise",
+    "GaussianNoise",
+    "MultiTargeted",
+    "Ensemble",
+    "Sweep",
+}
 
 
 def _from_registry(entry: AttackEntry) -> AttackInfo:
@@ -68,7 +77,7 @@ def _from_registry(entry: AttackEntry) -> AttackInfo:
         make,
         norms=entry.norms,
         randomized=entry.name in RANDOMIZED,
-        gradient=entry.kind not in ("noise",),
+        gradient=entry.kind not in ("noise", "score-based"),
         minimal=probe.minimal,
         targetable=entry.cls is not advkit.MultiTargeted,
         cls=entry.cls,

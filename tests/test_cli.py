@@ -140,7 +140,7 @@ def test_eps_and_attack_parsing() -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"--attack": "square"}, "unknown attack 'square'"),
+        ({"--attack": "boundary"}, "unknown attack 'boundary'"),
         ({"--attack": "pgd:stepz=3"}, "stepz"),
         ({"--attack": "pgd:steps"}, "key=value"),
         ({"--attack": "pgd:norm=l2"}, "--norm"),

@@ -12,6 +12,7 @@ from advkit.attacks import DeepFool as DeepFool
 from advkit.attacks import Ensemble as Ensemble
 from advkit.attacks import GaussianNoise as GaussianNoise
 from advkit.attacks import MultiTargeted as MultiTargeted
+from advkit.attacks import Square as Square
 from advkit.attacks import Sweep as Sweep
 from advkit.attacks import UniformNoise as UniformNoise
 from advkit.attacks.registry import REGISTRY as _REGISTRY

@@ -83,6 +83,12 @@ class AttackResult:
             succeeded, ``-1`` where it did not; else ``None``.
         parts: for a composite attack, what each part did (see `Part`), in
             the order they ran; else empty.
+        queries: for a score-based attack (`advkit.Square`), ``(B,)`` int64: the
+            model evaluations each sample's search made, up to and including the
+            one that broke it (all of them where none did), summed over restarts:
+            the query count of the black-box literature. Samples the model
+            already misclassifies are not searched (0). The clean evaluation is
+            not included. ``None`` for other attacks.
     """
 
     x_adv: Tensor
@@ -96,6 +102,7 @@ class AttackResult:
     backward_passes: int
     broken_by: Tensor | None = None
     parts: tuple[Part, ...] = ()
+    queries: Tensor | None = None
 
     @property
     def targeted(self) -> bool:

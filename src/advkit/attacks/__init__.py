@@ -19,6 +19,7 @@ from advkit.attacks.oracle import Oracle
 from advkit.attacks.pgd import BIM as BIM
 from advkit.attacks.pgd import PGD as PGD
 from advkit.attacks.registry import REGISTRY
+from advkit.attacks.square import Square as Square
 from advkit.attacks.task import Task
 
 __all__ = [

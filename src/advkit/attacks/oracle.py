@@ -181,6 +181,31 @@ class Oracle:
         self._observe(x, out, True)
         return out
 
+    def scores(self, x: Tensor) -> Tensor:
+        """Model outputs at ``x`` without autograd, in the attack's ``precision`` and compile
+        mode: the queries of a forward-only (score-based) search such as `advkit.Square`.
+
+        One forward pass, counted (with ``eot=K``, the mean over ``K`` passes, each
+        counted). The logits come back in ``float32`` (or ``x``'s dtype when that is
+        wider), as from `grad_forward`. Under ``precision="bf16"`` they are not a
+        verdict: `advkit.Attack.finish` scores the returned point in full precision.
+        """
+        outs = []
+        for _ in range(self.eot):
+            self._shared.forward_passes += 1
+            graphs = self._graph_modes and x.device.type == "cuda"
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+            with torch.no_grad(), self._reduced_precision(x.device):
+                out: Tensor = self._run(self._grad_model, x)
+            if graphs:  # the next replay overwrites a graph's output buffers
+                out = out.clone()
+            if self._autocast is not None and out.dtype in (torch.float16, torch.bfloat16):
+                out = out.float()
+            self._observe(x, out, self._autocast is None)
+            outs.append(out)
+        return outs[0] if self.eot == 1 else _mean(outs)
+
     def clean_logits(self, task: Any) -> Tensor:
         """``(B, C)`` logits at ``task.x0``: the ones some pass already computed, or one
         no-grad forward pass, kept on the task."""

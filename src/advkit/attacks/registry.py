@@ -22,6 +22,7 @@ from advkit.attacks.deepfool import DeepFool
 from advkit.attacks.fast_gradient import FGSM
 from advkit.attacks.noise import GaussianNoise, UniformNoise
 from advkit.attacks.pgd import BIM, PGD
+from advkit.attacks.square import Square
 from advkit.objectives import dlr
 
 __all__ = ["PRESETS", "REGISTRY", "AttackEntry", "Preset", "by_class_name", "by_cli_name"]
@@ -36,7 +37,8 @@ class AttackEntry:
         cli: its name on the command line (``advkit eval --attack NAME``);
             ``None`` for attacks built from other attacks, which the command
             line cannot express.
-        kind: ``"gradient"``, ``"minimal-norm"``, ``"noise"`` or ``"composite"``.
+        kind: ``"gradient"``, ``"minimal-norm"``, ``"score-based"`` (forward passes
+            only), ``"noise"`` or ``"composite"``.
         norms: the threat models it supports.
         summary: what it does, in one line (the attack tables).
         reference: the paper it implements (empty for advkit's own).
@@ -114,6 +116,16 @@ REGISTRY: tuple[AttackEntry, ...] = (
         "smallest L2 perturbation by optimisation, binary search over the constant",
         "Carlini & Wagner, IEEE S&P 2017",
         {"steps": 6, "search_steps": 2, "initial_const": 1.0},
+    ),
+    AttackEntry(
+        Square,
+        "square",
+        "score-based",
+        ("linf", "l2"),
+        "random search over square windows on the model's scores, no gradients "
+        "(queries per sample in `result.queries`)",
+        "Andriushchenko et al., ECCV 2020",
+        {"queries": 12},
     ),
     AttackEntry(
         UniformNoise,

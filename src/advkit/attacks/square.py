@@ -1,0 +1,484 @@
+"""Square Attack: a score-based random search over square windows, for the Linf and L2 balls."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+
+from advkit import checks
+from advkit import functional as F
+from advkit.attacks.base import Attack, Found
+from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
+from advkit.attacks.task import Task, fork_generator
+from advkit.attacks.tracking import ActiveSet, BestByObjective
+from advkit.norms import NormSpec
+from advkit.objectives import margin
+
+__all__ = ["Square", "square_fraction", "window_sides"]
+
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+"""Iterations (of a 10,000-query run) after which the window's fraction of the image halves."""
+
+
+def square_fraction(i: int, queries: int, p_init: float) -> float:
+    r"""The fraction $p$ of the image the window of iteration ``i`` covers.
+
+    The schedule of Andriushchenko et al. (ECCV 2020): $p$ starts at
+    ``p_init`` and halves after iterations 10, 50, 200, 500, 1000, 2000, 4000,
+    6000 and 8000 of a 10,000-query run; for another budget the iteration is
+    first rescaled to ``int(i / queries * 10000)``, as the authors' code and
+    the AutoAttack reference do.
+
+    Args:
+        i: the iteration, from 0 (the first proposal after the start).
+        queries: the query budget of the run.
+        p_init: the fraction at the start.
+
+    Examples:
+        >>> [square_fraction(i, 10000, 0.8) for i in (0, 10, 11, 51, 9000)]
+        [0.8, 0.8, 0.4, 0.2, 0.0015625]
+        >>> square_fraction(2500, 5000, 0.8) == square_fraction(5000, 10000, 0.8)
+        True
+    """
+    t = int(i / queries * 10000)
+    halvings = sum(t > mark for mark in _HALVINGS)
+    return p_init / float(2**halvings)
+
+
+def window_sides(
+    p: float, height: int, width: int, *, minimum: int = 1, odd: bool = False
+) -> tuple[int, int]:
+    """Height and width of a window covering a fraction ``p`` of a ``height x width`` image.
+
+    A square of side ``round(sqrt(p * height * width))`` (at least ``minimum``,
+    made odd when ``odd``), as in the paper. Where that side exceeds the
+    image's shorter side (a non-square image, or a ``(1, D)`` vector), the
+    window spans the shorter side and covers the same fraction along the
+    longer one (at least ``minimum``, up to the whole image).
+
+    Examples:
+        >>> window_sides(0.05, 28, 28), window_sides(0.05, 28, 28, minimum=3, odd=True)
+        ((6, 6), (7, 7))
+        >>> window_sides(0.1, 1, 100)  # a vector: an interval of 10 coordinates
+        (1, 10)
+    """
+    area = p * height * width
+    side = max(round(math.sqrt(area)), minimum)
+    if odd and side % 2 == 0:
+        side += 1
+    short, full = min(height, width), max(height, width)
+    if side <= short:
+        return side, side
+    long = min(max(round(area / short), minimum), full)
+    if odd and long % 2 == 0 and long < full:
+        long += 1
+    return (short, long) if height <= width else (long, short)
+
+
+# --------------------------------------------------------------------------- L2 patterns
+
+
+def _bump(a: int, b: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    r"""An ``a x b`` block of nested rectangles, unit L2 norm: the value at Chebyshev distance
+    $d$ from the centre ``(a // 2, b // 2)`` is $\sum_{k=d}^{K-1} 1 / (k + 1)^2$,
+    $K = \max(a, b) // 2 + 1$ (the paper's L2 update, a smooth bump)."""
+    if a == 0 or b == 0:
+        return torch.zeros((a, b), dtype=dtype, device=device)
+    k = max(a // 2, b // 2) + 1
+    inv = 1.0 / torch.arange(1, k + 1, dtype=dtype, device=device) ** 2
+    tail = inv.flip(0).cumsum(0).flip(0)  # tail[d] = sum over k >= d
+    rows = (torch.arange(a, device=device) - a // 2).abs()
+    cols = (torch.arange(b, device=device) - b // 2).abs()
+    v: Tensor = tail[torch.maximum(rows[:, None], cols[None, :])]
+    norm: Tensor = torch.linalg.vector_norm(v)
+    return v / norm
+
+
+@functools.lru_cache(maxsize=32)
+def _patterns(a: int, b: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(2, a, b)``: the two halves of opposite sign split across the rows, then across the
+    columns (for a square window the second is the first transposed), unit L2 norm."""
+    rows = torch.cat([_bump(a // 2, b, dtype, device), -_bump(a - a // 2, b, dtype, device)], 0)
+    cols = torch.cat([_bump(a, b // 2, dtype, device), -_bump(a, b - b // 2, dtype, device)], 1)
+    out = torch.stack([rows, cols])
+    norms: Tensor = torch.linalg.vector_norm(out.flatten(1), dim=1)
+    return out / norms[:, None, None]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(C, H, W)`` under which a sample of ``shape`` is searched."""
+    if len(shape) == 1:
+        return 1, 1, shape[0]
+    if len(shape) == 2:
+        return shape[0], 1, shape[1]
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    raise checks.InputError(
+        f"Square searches images (B, C, H, W), signals (B, C, L) and vectors (B, D); got inputs "
+        f"of shape (B, {', '.join(map(str, shape))}). Reshape them to one of these (e.g. fold "
+        "the extra axes into the channels) and undo the reshape inside the model."
+    )
+
+
+def _window_index(corner: Tensor, sides: tuple[int, int], width: int) -> Tensor:
+    """``(R, 1, h * w)``: per sample, the flat positions (``row * width + column``) of the
+    window of ``sides`` whose top-left corner is ``corner`` (``(R, 2)``), row by row."""
+    rows = corner[:, 0:1] + torch.arange(sides[0], device=corner.device)
+    cols = corner[:, 1:2] + torch.arange(sides[1], device=corner.device)
+    return (rows[:, :, None] * width + cols[:, None, :]).reshape(corner.shape[0], 1, -1)
+
+
+def _corner(
+    count: int, sides: tuple[int, int], height: int, width: int, gen: Any, dev: torch.device
+) -> Tensor:
+    """``(count, 2)`` window positions, uniform over those where the window fits."""
+    top = F.randint(0, height - sides[0] + 1, (count,), gen, device=dev)
+    left = F.randint(0, width - sides[1] + 1, (count,), gen, device=dev)
+    return torch.stack([top, left], dim=1)
+
+
+def _scores(task: Task, logits: Tensor) -> Tensor:
+    """The margin per sample, ``-inf`` where a logit is not finite (so any finite point beats
+    it and it beats nothing)."""
+    loss = task.loss(logits)
+    return torch.where(torch.isfinite(logits).all(dim=1), loss, -math.inf)
+
+
+class _Search:
+    """What differs between the norms: the start and the proposal. Chosen once per call."""
+
+    def __init__(self, shape: tuple[int, int, int], device: torch.device) -> None:
+        self.c, self.h, self.w = shape
+        self.device = device
+
+    def image(self, t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], self.c, self.h, self.w)
+
+    def flat(self, t: Tensor) -> Tensor:
+        """``(R, C, H * W)``: a view for inputs laid out contiguous or channels-last."""
+        return t.reshape(t.shape[0], self.c, self.h * self.w)
+
+    def constants(self, task: Task) -> dict[str, Any]:
+        """Per-sample constants of a run on ``task`` (sliced to the running samples)."""
+        raise NotImplementedError
+
+    def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
+        raise NotImplementedError
+
+    def draw(self, count: int, i: int, queries: int, p_init: float, gen: Any) -> dict[str, Any]:
+        """The random choices of iteration ``i`` for ``count`` samples: always the same number
+        of draws, so that a keyed source gives each sample the same values in any batch."""
+        raise NotImplementedError
+
+    def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
+        """A new point per sample (``x`` itself where ``done``: broken samples stay)."""
+        raise NotImplementedError
+
+
+class _LinfSearch(_Search):
+    """Every coordinate sits at a vertex of its interval ``[lo, hi]`` (the Linf ball cut by
+    the box, `advkit.functional.linf_box`); a proposal sets a window, per channel, to one
+    vertex. Windows are read and written through ``(R, C, H * W)`` views, so a proposal costs
+    one copy of the image and work in proportion to the window."""
+
+    def constants(self, task: Task) -> dict[str, Any]:
+        lo, hi = F.linf_box(task.x0, task.budget(), task.bounds)
+        return {"lo": self.flat(lo), "hi": self.flat(hi)}
+
+    def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
+        """Vertical stripes: one random vertex per column and channel, the same down a column."""
+        b = task.batch_size
+        up = F.randint(0, 2, (b, self.c * self.w), gen, device=self.device).bool()
+        up = up.reshape(b, self.c, 1, self.w).expand(b, self.c, self.h, self.w)
+        out = torch.where(self.flat(up), const["hi"], const["lo"])
+        return out.reshape(task.x0.shape)
+
+    def draw(self, count: int, i: int, queries: int, p_init: float, gen: Any) -> dict[str, Any]:
+        sides = window_sides(square_fraction(i, queries, p_init), self.h, self.w)
+        dev = self.device
+        return {
+            "sides": sides,
+            "corner": _corner(count, sides, self.h, self.w, gen, dev),
+            "up": F.randint(0, 2, (count, self.c), gen, device=dev).bool(),
+            "flip": F.randint(1, 2 ** min(self.c, 62), (count,), gen, device=dev),
+        }
+
+    def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
+        index = _window_index(d["corner"], d["sides"], self.w).expand(-1, self.c, -1)
+        xf = self.flat(x)
+        now, lo, hi = (t.gather(2, index) for t in (xf, const["lo"], const["hi"]))
+        at_hi, at_lo = (now == hi).all(dim=2), (now == lo).all(dim=2)
+        # Where every channel's window already sits at one vertex, one draw of the signs would
+        # change nothing: draw uniformly among the others instead (the authors' code resamples).
+        stuck = (at_hi | at_lo).all(dim=1, keepdim=True)
+        shifts = torch.arange(self.c, device=x.device).clamp_max(63)
+        flip = ((d["flip"][:, None] >> shifts) & 1).bool()
+        up = torch.where(stuck, at_hi ^ flip, d["up"]).unsqueeze(2)
+        new = torch.where(done[:, None, None], now, torch.where(up, hi, lo))
+        return xf.scatter(2, index, new).reshape(x.shape)
+
+
+class _L2Search(_Search):
+    """The perturbation has L2 norm ``eps`` (before the box); a proposal moves the mass of a
+    second window into a new bump in the first. Windows are read and written through
+    ``(R, C, H * W)`` views; the image-wide work is the rescaling and the feasible set."""
+
+    def constants(self, task: Task) -> dict[str, Any]:
+        x0 = task.x0
+        wd = torch.promote_types(x0.dtype, torch.float32)
+        eps = task.budget()
+        if isinstance(eps, Tensor):
+            e = eps.to(device=x0.device, dtype=wd).expand(task.batch_size)
+        else:
+            e = torch.full((task.batch_size,), float(eps), dtype=wd, device=x0.device)
+        return {"x0": self.flat(x0.to(wd)), "eps": e.reshape(-1, 1, 1), "region": task.region}
+
+    def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
+        """A grid of bumps (about 5 x 5 over the image), each with a random orientation and a
+        random sign per channel, rescaled to norm ``eps``, brought into the box."""
+        b, dev, x0 = task.batch_size, self.device, const["x0"]
+        th, tw = max(self.h // 5, 1), max(self.w // 5, 1)
+        nh, nw = self.h // th, self.w // tw
+        oh, ow = (self.h - nh * th) // 2, (self.w - nw * tw) // 2
+        turn = F.randint(0, 2, (b, nh * nw), gen, device=dev)
+        sign = F.randint(0, 2, (b, self.c * nh * nw), gen, device=dev).to(x0.dtype) * 2 - 1
+        pats = _patterns(th, tw, x0.dtype, x0.device)[turn].reshape(b, 1, nh, nw, th, tw)
+        tiles = pats * sign.reshape(b, self.c, nh, nw, 1, 1)
+        delta = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b, self.c, nh * th, nw * tw)
+        delta = nnf.pad(delta, (ow, self.w - ow - nw * tw, oh, self.h - oh - nh * th))
+        delta = self.flat(delta)
+        n = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True)
+        return self._place(x0 + delta * (const["eps"] / n.clamp_min(1e-12)), const)
+
+    @staticmethod
+    def _place(x: Tensor, const: dict[str, Any]) -> Tensor:
+        region = const["region"]
+        out: Tensor = region(x.reshape(region.x0.shape))
+        return out
+
+    def draw(self, count: int, i: int, queries: int, p_init: float, gen: Any) -> dict[str, Any]:
+        p = square_fraction(i, queries, p_init)
+        sides = window_sides(p, self.h, self.w, minimum=3, odd=True)
+        dev = self.device
+        return {
+            "sides": sides,
+            "corner": _corner(count, sides, self.h, self.w, gen, dev),
+            "corner2": _corner(count, sides, self.h, self.w, gen, dev),
+            "turn": F.randint(0, 2, (count,), gen, device=dev),
+            "sign": F.randint(0, 2, (count, self.c), gen, device=dev),
+        }
+
+    def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
+        x0, eps, sides = const["x0"], const["eps"], d["sides"]
+        wd = x0.dtype
+        delta = self.flat(x).to(wd) - x0
+        total = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True) ** 2  # squared norms
+        first, second = d["corner"], d["corner2"]
+        i1 = _window_index(first, sides, self.w).expand(-1, self.c, -1)
+        i2 = _window_index(second, sides, self.w).expand(-1, self.c, -1)
+        d1, d2 = delta.gather(2, i1), delta.gather(2, i2)
+        # The positions of the second window that lie in the first (counted there once).
+        rows = second[:, 0:1] - first[:, 0:1] + torch.arange(sides[0], device=x.device)
+        cols = second[:, 1:2] - first[:, 1:2] + torch.arange(sides[1], device=x.device)
+        in_rows = (rows >= 0) & (rows < sides[0])
+        in_cols = (cols >= 0) & (cols < sides[1])
+        shared = (in_rows[:, :, None] & in_cols[:, None, :]).reshape(x.shape[0], 1, -1)
+        mass1 = d1.square().sum(dim=2, keepdim=True)
+        mass = mass1 + torch.where(shared, 0.0, d2.square()).sum(dim=2, keepdim=True)
+        # The new window: a bump (per sample orientation, per channel sign) plus the old
+        # window's direction, carrying the mass of both windows plus an equal share per
+        # channel of what the budget has left.
+        bump = _patterns(sides[0], sides[1], wd, x.device).flatten(1)[d["turn"]].unsqueeze(1)
+        sign = (d["sign"].to(wd) * 2 - 1).unsqueeze(2)
+        new = bump * sign + d1 / mass1.sqrt().clamp_min(1e-12)
+        room = (eps**2 - total).clamp_min(0) / self.c + mass
+        length = torch.linalg.vector_norm(new, dim=2, keepdim=True)
+        new = new * (room.sqrt() / length.clamp_min(1e-12))
+        moved = delta.scatter(2, i2, 0.0).scatter_(2, i1, new)
+        # Its squared norm, from the windows alone; then rescaled to eps.
+        moved_sq = (
+            total - mass.sum(dim=1, keepdim=True) + new.square().sum(dim=(1, 2), keepdim=True)
+        )
+        scale = eps / moved_sq.clamp_min(0).sqrt().clamp_min(1e-12)
+        out = self._place(torch.addcmul(x0, moved, scale), const)
+        return torch.where(F.batch_view(done, x.ndim), x, out)
+
+
+class Square(Attack):
+    r"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a
+    query-efficient black-box adversarial attack via random search", ECCV 2020): a
+    score-based random search, for the Linf and L2 balls.
+
+    It needs the model's scores only, no gradient, so it breaks models whose
+    gradients are useless (quantized or non-differentiable inputs, saturated
+    softmax) and is the gradient-free member of AutoAttack. It minimises the
+    margin $z_y - \max_{j \ne y} z_j$ (targeted: $\max_{j \ne t} z_j - z_t$;
+    the attack's objective is `advkit.objectives.margin`, its negative). Each
+    iteration proposes a change inside one random window and keeps it only if
+    it succeeds or strictly improves the margin. The window covers a fraction
+    $p$ of the image that starts at ``p_init`` and halves along the paper's
+    schedule (`square_fraction`); its position, and every other random choice,
+    is drawn per sample.
+
+    - Linf: the start is vertical stripes (each column of each channel at
+      $+\epsilon$ or $-\epsilon$, clipped to the box); a proposal sets the
+      window, per channel, to $+\epsilon$ or $-\epsilon$ at random. Every point
+      is a vertex of the ball cut by the box, exactly feasible by construction.
+      A proposal that would leave the window unchanged is never queried: the
+      signs are then drawn among the others (as in the authors' code; the
+      AutoAttack reference queries it).
+    - L2: the start is a grid of about 5 x 5 bumps of random orientation and
+      sign; a proposal empties a second window and puts its mass, that of the
+      first and an equal share per channel of the unused budget into a new
+      bump in the first; the perturbation is rescaled to norm $\epsilon$, then
+      brought into the box (`advkit.norms.Region`).
+
+    The attack first evaluates the clean inputs (one forward pass, none when
+    known, e.g. inside an `advkit.Ensemble`) and searches only the samples
+    the model classifies correctly. A sample leaves the batch once broken: the
+    running samples are collected every few iterations, the one host
+    synchronisation of the loop (a broken sample waits there without
+    moving, its evaluations uncounted in ``queries``). ``result.queries``
+    holds each sample's query count (see `advkit.AttackResult`): at most
+    ``queries`` per restart.
+
+    Differences from the AutoAttack reference (fra31/auto-attack,
+    ``square.py``): there one window position (and one set of signs, one
+    orientation) is drawn per iteration for the whole batch, so a sample's
+    result depends on the batch it is in; here every choice is per sample, and
+    with ``sample_ids`` a sample's result is the same in any batch. Window
+    positions are uniform over every place the window fits (the reference never
+    picks the last row or column). Non-square images get rectangular windows of
+    the same area where the square would not fit (`window_sides`), and the L2
+    start tiles both sides; inputs ``(B, C, L)`` are searched as ``(B, C, 1, L)``
+    and vectors ``(B, D)`` as ``(B, 1, 1, D)`` (windows become intervals);
+    inputs with more axes raise an ``InputError`` naming the fix. ``queries``
+    counts the start (the paper's query budget; the reference's ``n_queries``
+    counts the iterations after it).
+
+    Args:
+        norm: ``"linf"`` (default) or ``"l2"``.
+        eps: radius of the ball in input space (may also be given per call, per sample).
+        queries: the query budget per sample and restart, the start included
+            (the paper's 10,000; AutoAttack runs 5,000).
+        p_init: the fraction of the image the first windows cover (0.8 in
+            AutoAttack; the paper tunes it per threat model, 0.05 and 0.1
+            for undefended ImageNet models).
+        restarts: runs from new random starts, each on the samples still robust.
+        precision: model precision of the queries (``"bf16"``, ``"fp16"``; see
+            `advkit.Attack`); the returned point is scored in full precision.
+        compile: run the model compiled (see `advkit.Attack`); the batch
+            shrinks as samples break, so expect one recompilation for dynamic
+            batch sizes.
+
+    Raises:
+        ConfigError: a norm other than Linf and L2, or bad settings.
+
+    Examples:
+        >>> import advkit
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+        >>> res = Square(eps=0.1, queries=50)(net, x, y, generator=torch.Generator().manual_seed(0))
+        >>> bool((res.queries <= 50).all()), bool((res.distance <= 0.1).all())
+        (True, True)
+    """
+
+    _look_every = 4
+    """Iterations between two looks at which samples are still running (a host sync)."""
+
+    def __init__(
+        self,
+        norm: NormSpec = "linf",
+        eps: float | None = None,
+        queries: int = 5000,
+        p_init: float = 0.8,
+        restarts: int = 1,
+        precision: PrecisionSpec = None,
+        compile: CompileSpec = False,
+    ) -> None:
+        super().__init__(norm=norm, eps=eps, objective=margin, precision=precision, compile=compile)
+        if self.norm.name not in ("linf", "l2"):
+            raise checks.ConfigError(
+                f"Square searches the Linf and L2 balls (norm='linf' or 'l2'), got "
+                f"norm={self.norm.name!r}; for L1 use APGD(norm='l1')."
+            )
+        self.queries = checks.check_positive_int(queries, "queries")
+        ok = isinstance(p_init, (int, float)) and not isinstance(p_init, bool)
+        if not ok or not 0.0 < p_init <= 1.0:
+            raise checks.ConfigError(f"p_init must be a fraction in (0, 1], got {p_init!r}.")
+        self.p_init = float(p_init)
+        self.restarts = checks.check_positive_int(restarts, "restarts")
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "queries": self.queries,
+            "p_init": self.p_init,
+            "restarts": self.restarts,
+        }
+
+    def run(self, oracle: Oracle, task: Task) -> Found:
+        task.budget()
+        shape = _image_shape(tuple(task.x0.shape[1:]))
+        search: _Search = (_L2Search if task.norm.name == "l2" else _LinfSearch)(
+            shape, task.x0.device
+        )
+        clean = oracle.clean_logits(task)
+        best = BestByObjective()
+        best.consider(task.x0, clean, _scores(task, clean), task.success(clean))
+        spent = torch.zeros(task.batch_size, dtype=torch.int64, device=task.x0.device)
+        for restart in range(self.restarts):
+            rows = (~best.success).nonzero().squeeze(1)  # one host sync per restart
+            if rows.numel() == 0:
+                break
+            sub = task.subset(rows)
+            gen = fork_generator(sub.generator, restart)
+            spent = spent.index_add(0, rows, self._search(oracle, sub, search, gen, best, rows))
+        return Found(best.x, best.logits, {"queries": spent})
+
+    def _search(
+        self,
+        oracle: Oracle,
+        task: Task,
+        search: _Search,
+        gen: Any,
+        best: BestByObjective,
+        rows: Tensor,
+    ) -> Tensor:
+        """One run on the samples of ``task``; returns their query counts."""
+        n = task.batch_size
+        const = search.constants(task)
+        x = search.start(task, const, gen)
+        logits = oracle.scores(x)
+        current = BestByObjective()  # the search's point: it moves only when it improves
+        current.consider(x, logits, _scores(task, logits), task.success(logits))
+        spent = torch.ones(n, dtype=torch.int64, device=x.device)
+        active = ActiveSet(n, padded=False, device=x.device)
+        sub, part = task, const
+        for i in range(self.queries - 1):
+            if i % self._look_every == 0:
+                running = active.running
+                if not active.update(current.success):
+                    break
+                if active.running != running:
+                    sub = task if active.rows is None else task.subset(active.rows)
+                    part = {k: v for k, v in zip(const, active.take(*const.values()), strict=True)}
+                    if "region" in part:
+                        part["region"] = sub.region
+            draws = search.draw(n, i, self.queries, self.p_init, gen)  # all n: keyed per sample
+            d = {k: active.take(v)[0] if isinstance(v, Tensor) else v for k, v in draws.items()}
+            x, done = active.take(current.x, current.success)
+            x_new = search.propose(x, part, d, done)
+            logits = oracle.scores(x_new)
+            current.consider(x_new, logits, _scores(sub, logits), sub.success(logits), active.rows)
+            spent = active.put(spent, active.take(spent)[0] + (~done).to(torch.int64))
+        best.consider(current.x, current.logits, current.loss, current.success, rows)
+        return spent
