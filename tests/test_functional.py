@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -234,3 +235,234 @@ def test_resolve_norm_names() -> None:
     assert resolve_norm("Linf") == Linf() and resolve_norm(math.inf) == Linf()
     assert resolve_norm("l2") == L2() and resolve_norm(2) == L2()
     assert resolve_norm("l1") == L1() and resolve_norm(L1(q=0.5)).q == 0.5  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- hyperplane in the box
+
+HYPERPLANE = {
+    "linf": F.linf_hyperplane_project,
+    "l2": F.l2_hyperplane_project,
+    "l1": F.l1_hyperplane_project,
+}
+BOXES = [(0.0, 1.0), (-1.0, 2.0), (0.0, math.inf), (-math.inf, math.inf)]
+
+
+@st.composite
+def hyperplanes(draw: st.DrawFn, max_d: int = 5) -> dict[str, object]:
+    """Points in a box, normals with some zero coordinates, and offsets the box reaches
+    (mostly) or not."""
+    b = draw(st.integers(1, 4))
+    feat = draw(
+        st.lists(st.integers(1, 3), min_size=1, max_size=2).filter(lambda f: math.prod(f) <= max_d)
+    )
+    box = draw(st.sampled_from(BOXES))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, *feat)
+    lo, hi = max(box[0], -3.0), min(box[1], 3.0)
+
+    def inside() -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
+
+    x = inside()
+    if draw(st.booleans()):  # some coordinates on the box's edges
+        edge = torch.rand(shape, generator=g) < 0.3
+        x = torch.where(edge, torch.full_like(x, lo if math.isfinite(box[0]) else hi), x)
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = w * (torch.rand(shape, generator=g) > 0.25)
+    if draw(st.booleans()):
+        w[0] = 0
+    reach = draw(st.sampled_from(["inside", "anywhere", "on"]))
+    if reach == "inside":  # the hyperplane through a point of the box
+        off = (w * inside()).flatten(1).sum(1)
+    elif reach == "on":  # through x itself
+        off = (w * x).flatten(1).sum(1)
+    else:
+        off = 5 * torch.randn(b, generator=g, dtype=torch.float64)
+    return {"x": x, "w": w, "b": off, "box": box}
+
+
+def vertex(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, box: tuple[float, float]
+) -> torch.Tensor:
+    """The box point nearest to the hyperplane: every coordinate with w != 0 at the bound
+    towards it."""
+    side = ((w * x).flatten(1).sum(1) - b).sign().reshape(-1, *([1] * (x.ndim - 1)))
+    toward = torch.where(side * w > 0, box[0], box[1])
+    return torch.where(w == 0, x, toward)
+
+
+def reachable(case: dict[str, object]) -> torch.Tensor:
+    """(B,): the box reaches the hyperplane with a margin (None: too close to call)."""
+    x, w, b, box = case["x"], case["w"], case["b"], case["box"]
+    assert isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)
+    assert isinstance(b, torch.Tensor) and isinstance(box, tuple)
+    c = (w * x).flatten(1).sum(1) - b
+    v = vertex(x, w, b, box)
+    beyond = -c.sign() * ((w * v).flatten(1).sum(1) - b)  # > 0: the vertex is past the plane
+    return beyond
+
+
+@given(hyperplanes(max_d=12), st.sampled_from(list(HYPERPLANE)))
+def test_hyperplane_projection_is_feasible_and_reaches_the_plane(
+    case: dict[str, object], norm: str
+) -> None:
+    x, w, b, box = case["x"], case["w"], case["b"], case["box"]
+    assert isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)
+    assert isinstance(b, torch.Tensor) and isinstance(box, tuple)
+    delta = HYPERPLANE[norm](x, w, b, box)
+    assert delta.shape == x.shape and delta.dtype == torch.float64
+    z = x + delta
+    scale = 1.0 + x.abs().amax()
+    assert bool((z >= box[0] - 1e-12 * scale).all()) and bool((z <= box[1] + 1e-12 * scale).all())
+    assert bool((delta[w == 0] == 0).all())  # coordinates the plane ignores never move
+    residual = ((w * z).flatten(1).sum(1) - b).abs()
+    size = (w.abs() * (x.abs() + delta.abs())).flatten(1).sum(1) + b.abs() + 1.0
+    beyond = reachable(case)
+    reached = beyond > 1e-9 * size
+    assert bool((residual[reached] <= 1e-12 * size[reached]).all())
+    missed = beyond < -1e-9 * size  # out of reach: the box point nearest to the plane
+    v = vertex(x, w, b, box)
+    assert torch.equal(z[missed], v[missed])
+
+
+def _linprog(
+    x: torch.Tensor, w: torch.Tensor, b: float, box: tuple[float, float], norm: str
+) -> float:
+    """The minimal Linf or L1 step onto the hyperplane within the box, by scipy's LP solver."""
+    from scipy.optimize import linprog
+
+    t, u = x.flatten().numpy(), w.flatten().numpy()
+    d = t.size
+    lo = [None if not math.isfinite(box[0]) else box[0] - ti for ti in t]
+    hi = [None if not math.isfinite(box[1]) else box[1] - ti for ti in t]
+    if norm == "linf":  # variables (delta, s): min s subject to -s <= delta <= s
+        eye = torch.eye(d, dtype=torch.float64)
+        ones = torch.ones(d, 1, dtype=torch.float64)
+        a_ub = torch.cat([torch.cat([eye, -ones], 1), torch.cat([-eye, -ones], 1)]).numpy()
+        res = linprog(
+            [0.0] * d + [1.0],
+            A_ub=a_ub,
+            b_ub=[0.0] * (2 * d),
+            A_eq=[[*u, 0.0]],
+            b_eq=[b - float(u @ t)],
+            bounds=[*zip(lo, hi, strict=True), (0, None)],
+            method="highs",
+        )
+    else:  # delta = up - down, both >= 0: min sum(up + down)
+        up = [(0, None if h is None else max(h, 0.0)) for h in hi]
+        down = [(0, None if lw is None else max(-lw, 0.0)) for lw in lo]
+        res = linprog(
+            [1.0] * (2 * d),
+            A_eq=[[*u, *(-u)]],
+            b_eq=[b - float(u @ t)],
+            bounds=up + down,
+            method="highs",
+        )
+    assert res.status == 0, res.message
+    return float(res.fun)
+
+
+def _l2_brute_force(x: torch.Tensor, w: torch.Tensor, b: float, box: tuple[float, float]) -> float:
+    """The Euclidean projection onto the hyperplane within the box by enumerating which
+    coordinates sit on which bound (3^d cases; the free ones solve the plane in closed form)."""
+    t, u = x.flatten(), w.flatten()
+    best = math.inf
+    for states in itertools.product((0, 1, 2), repeat=t.numel()):
+        state = torch.tensor(states)
+        delta = torch.zeros_like(t)
+        delta = torch.where(state == 1, box[0] - t, delta)
+        delta = torch.where(state == 2, box[1] - t, delta)
+        if not bool(torch.isfinite(delta).all()):
+            continue
+        free = state == 0
+        rest = b - float(u @ (t + delta))
+        uf = u * free
+        if float(uf @ uf) == 0.0:
+            if abs(rest) > 1e-12 * (1 + abs(b)):
+                continue
+        else:
+            delta = delta + rest * uf / float(uf @ uf)
+        z = t + delta
+        if bool((z < box[0] - 1e-12).any()) or bool((z > box[1] + 1e-12).any()):
+            continue
+        best = min(best, float(delta.norm()))
+    return best
+
+
+@given(hyperplanes(), st.sampled_from(list(HYPERPLANE)))
+def test_hyperplane_projection_is_optimal(case: dict[str, object], norm: str) -> None:
+    """Against scipy's LP solver (Linf, L1) and an enumeration of the active sets (L2), on
+    the samples the box reaches the hyperplane with a margin."""
+    x, w, b, box = case["x"], case["w"], case["b"], case["box"]
+    assert isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)
+    assert isinstance(b, torch.Tensor) and isinstance(box, tuple)
+    delta = HYPERPLANE[norm](x, w, b, box)
+    beyond = reachable(case)
+    for i in range(x.shape[0]):
+        if float(beyond[i]) <= 1e-6:
+            continue
+        found = float(torch.linalg.vector_norm(delta[i].flatten(), ord=ORDERS[norm]))
+        if norm == "l2":
+            best = _l2_brute_force(x[i], w[i], float(b[i]), box)
+        else:
+            best = _linprog(x[i], w[i], float(b[i]), box, norm)
+        assert found <= best + 1e-9 * (1 + best), (found, best)
+        assert found >= best - 1e-6 * (1 + best), (found, best)  # the solver's tolerance
+
+
+@given(hyperplanes(max_d=12), st.sampled_from(list(HYPERPLANE)))
+def test_hyperplane_projection_batched_is_per_sample(case: dict[str, object], norm: str) -> None:
+    x, w, b, box = case["x"], case["w"], case["b"], case["box"]
+    assert isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)
+    assert isinstance(b, torch.Tensor) and isinstance(box, tuple)
+    fn = HYPERPLANE[norm]
+    batched = fn(x, w, b, box)
+    for i in range(x.shape[0]):
+        alone = fn(x[i : i + 1], w[i : i + 1], b[i : i + 1], box)
+        torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-12, rtol=1e-12)
+    # a float offset is the same offset for every sample
+    torch.testing.assert_close(fn(x, w, float(b[0]), box), fn(x, w, b[0].expand_as(b), box))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm", list(HYPERPLANE))
+def test_hyperplane_projection_dtypes_and_layout(dtype: torch.dtype, norm: str) -> None:
+    """Half precision is solved in float32; the result keeps the points' memory format."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 4, 4, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 2, 4, 4, generator=g).to(dtype)
+    b = (w.float() * torch.rand(3, 2, 4, 4, generator=g)).flatten(1).sum(1)
+    delta = HYPERPLANE[norm](x, w, b, (0.0, 1.0))
+    assert delta.dtype == torch.float32
+    assert delta.is_contiguous(memory_format=torch.channels_last)
+    z = x.float() + delta
+    assert float(z.min()) >= -1e-6 and float(z.max()) <= 1 + 1e-6
+    residual = ((w.float() * z).flatten(1).sum(1) - b).abs()
+    assert float(residual.max()) <= 1e-4
+    # The norm's method is this kernel.
+    same = resolve_norm(norm).hyperplane_project(x, w, b, (0.0, 1.0))
+    assert torch.equal(same, delta)
+
+
+def test_hyperplane_projection_known_values() -> None:
+    x = torch.tensor([[0.5, 0.9]])
+    # <w, z> = 1.8 needs 0.4 more: Linf and L2 move both coordinates, the second only to 1.
+    assert torch.allclose(
+        F.linf_hyperplane_project(x, torch.tensor([[1.0, 1.0]]), 1.8, (0, 1)),
+        torch.tensor([[0.3, 0.1]]),
+    )
+    assert torch.allclose(
+        F.l2_hyperplane_project(x, torch.tensor([[1.0, 3.0]]), 3.4, (-9, 9)),
+        torch.tensor([[0.02, 0.06]]),
+    )
+    # L1 moves the coordinate of largest |w| first, to its bound, then the next.
+    assert torch.allclose(
+        F.l1_hyperplane_project(x, torch.tensor([[1.0, 2.0]]), 2.7, (0, 1)),
+        torch.tensor([[0.2, 0.1]]),
+    )
+    # Out of reach: both to the upper bound.
+    assert torch.allclose(
+        F.l2_hyperplane_project(x, torch.tensor([[1.0, 1.0]]), 5.0, (0, 1)),
+        torch.tensor([[0.5, 0.1]]),
+    )

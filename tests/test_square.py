@@ -430,6 +430,6 @@ def test_queries_run_through_the_compiled_model() -> None:
 def test_command_line_name() -> None:
     from advkit.cli import parse_attack
 
-    label, attack = parse_attack("square:queries=50,p_init=0.3,restarts=2", "l2")
+    _label, attack = parse_attack("square:queries=50,p_init=0.3,restarts=2", "l2")
     assert isinstance(attack, advkit.Square) and str(attack.norm) == "l2"
     assert (attack.queries, attack.p_init, attack.restarts) == (50, 0.3, 2)

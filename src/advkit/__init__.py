@@ -5,6 +5,7 @@ from advkit._version import __version__
 from advkit.attacks import APGD as APGD
 from advkit.attacks import BIM as BIM
 from advkit.attacks import CW as CW
+from advkit.attacks import FAB as FAB
 from advkit.attacks import FGSM as FGSM
 from advkit.attacks import PGD as PGD
 from advkit.attacks import Attack, MinNormAttack

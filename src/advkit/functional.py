@@ -40,15 +40,18 @@ __all__ = [
     "inner_bounds",
     "l1_box_project",
     "l1_direction",
+    "l1_hyperplane_project",
     "l1_norm",
     "l1_project",
     "l1_sample",
     "l2_direction",
+    "l2_hyperplane_project",
     "l2_norm",
     "l2_project",
     "l2_sample",
     "linf_box",
     "linf_direction",
+    "linf_hyperplane_project",
     "linf_norm",
     "linf_project",
     "linf_sample",
@@ -522,6 +525,202 @@ def l1_box_project(delta: Tensor, x0: Tensor, eps: Scalar, bounds: Bounds) -> Te
     n = out.abs().sum(dim=1)
     fix = torch.where(n > e, e / n.clamp_min(torch.finfo(work).tiny), torch.ones_like(n))
     return _like((out * fix.unsqueeze(1)).reshape(delta.shape), delta.to(work))
+
+
+# --------------------------------------------------------------------------- hyperplane in the box
+#
+# The three projections below solve, per sample, for a point x in the box [l, u], a normal w
+# and an offset b:
+#
+#     min ||delta||_p  subject to  <w, x + delta> = b  and  l <= x + delta <= u.
+#
+# With c = <w, x> - b and s = sign(c), the hyperplane is reached by moving coordinate i by
+# -s sign(w_i) m_i with 0 <= m_i <= room_i (the distance from x_i to the bound in that
+# direction): moving any coordinate the other way only takes the point away from the
+# hyperplane. What is left is a problem on m >= 0 alone,
+#
+#     min ||m||_p  subject to  sum_i a_i m_i = |c|  and  0 <= m_i <= room_i,  a_i = |w_i|,
+#
+# which each norm solves exactly and in closed form after one sort. When the box does not
+# reach the hyperplane (sum_i a_i room_i < |c|) every m_i with a_i > 0 is room_i: the box
+# point nearest to the hyperplane (the smallest |<w, z> - b| over the box), with the other
+# coordinates unchanged.
+
+
+def _hyperplane_problem(
+    x: Tensor, w: Tensor, b: Scalar, bounds: Bounds
+) -> tuple[Tensor, Tensor, Tensor, Tensor, torch.dtype]:
+    """The reduced problem: ``(a, room, need, direction, work dtype)``, each ``(B, d)``
+    but ``need`` ``(B,)``; ``room`` is 0 where ``a`` is 0 (the coordinate never moves)."""
+    wd = torch.promote_types(work_dtype(x.dtype), work_dtype(w.dtype))
+    t = x.to(wd).flatten(1)
+    u = w.to(wd).flatten(1)
+    offset = _per_sample(b, x, wd).reshape(-1)
+    c = (u * t).sum(dim=1) - offset
+    side = torch.where(c >= 0, 1.0, -1.0).to(wd).unsqueeze(1)
+    down = side * u > 0  # lowering this coordinate brings the point towards the hyperplane
+    lo, hi = float(bounds[0]), float(bounds[1])
+    room = torch.where(down, t - lo, hi - t).clamp_min(0)
+    a = u.abs()
+    room = torch.where(a > 0, room, torch.zeros_like(room))
+    direction = -(side * u).sign()
+    return a, room, c.abs(), direction, wd
+
+
+def _level(kappa: Tensor, full: Tensor, slope: Tensor, need: Tensor) -> Tensor:
+    r"""The smallest $\lambda \ge 0$ with $G(\lambda) = \sum_i \min(\lambda \phi_i, r_i) a_i
+    = $ ``need``, per row, given the breakpoints ``kappa`` $= r_i / \phi_i$, the capped terms
+    ``full`` $= a_i r_i$ and the slopes ``slope`` $= a_i \phi_i$ (0 for coordinates that
+    never move); ``inf`` where even $G(\infty)$ falls short.
+
+    $G$ is piecewise linear, non-decreasing and concave: sorting the breakpoints gives its
+    value at each of them with two cumulative sums, and the piece on which it reaches
+    ``need`` gives $\lambda$ exactly.
+    """
+    order = kappa.argsort(dim=1, stable=True)
+    k = kappa.gather(1, order)
+    f = full.gather(1, order)
+    s = slope.gather(1, order)
+    d = k.shape[1]
+    capped = f.cumsum(dim=1)  # sum of the terms capped at or before breakpoint j
+    rising = s.flip(1).cumsum(dim=1).flip(1)  # sum of the slopes from breakpoint j on
+    after = torch.cat([rising[:, 1:], torch.zeros_like(rising[:, :1])], dim=1)
+    g = capped + torch.where(after > 0, k * after, torch.zeros_like(k))  # G at breakpoint j
+    need_ = need.unsqueeze(1)
+    j = (g < need_).sum(dim=1, keepdim=True)  # the first breakpoint where G reaches need
+    at = j.clamp_max(d - 1)
+    before = torch.cat([torch.zeros_like(capped[:, :1]), capped[:, :-1]], dim=1).gather(1, at)
+    rate = rising.gather(1, at)
+    tiny = torch.finfo(k.dtype).tiny
+    lam = ((need_ - before) / rate.clamp_min(tiny)).clamp_min(0)
+    lam = torch.where(rate > 0, lam, torch.zeros_like(lam))
+    return torch.where(j >= d, torch.full_like(lam, math.inf), lam).squeeze(1)
+
+
+def _hyperplane_result(direction: Tensor, m: Tensor, x: Tensor) -> Tensor:
+    return _like((direction * m).reshape(x.shape), x.to(m.dtype))
+
+
+def linf_hyperplane_project(x: Tensor, w: Tensor, b: Scalar, bounds: Bounds) -> Tensor:
+    r"""The smallest Linf step from ``x`` onto the hyperplane $\langle w, z\rangle = b$
+    within the box.
+
+    Solves, per sample,
+    $\min_\delta \|\delta\|_\infty$ subject to $\langle w, x + \delta\rangle = b$ and
+    $l \le x + \delta \le u$. The solution moves every coordinate with
+    $w_i \ne 0$ by $\min(\lambda, \rho_i)$ towards the hyperplane, with $\rho_i$ the
+    room the box leaves in that direction and the smallest $\lambda$ that reaches
+    it; coordinates with $w_i = 0$ stay. Where the box does not reach the
+    hyperplane, every coordinate with $w_i \ne 0$ goes to its bound (the box point
+    nearest to the hyperplane). This is the projection of FAB for Linf (Croce &
+    Hein, ICML 2020). Exact, after one sort: $O(d \log d)$ per sample, no loop
+    over samples, no host sync.
+
+    Args:
+        x: points ``(B, ...)`` in the box.
+        w: normals ``(B, ...)``, laid out like ``x``.
+        b: offsets, a float or ``(B,)``.
+        bounds: the box ``(low, high)``; infinite bounds are allowed.
+
+    Returns:
+        The steps ``delta`` ``(B, ...)`` in the work dtype of ``x`` and ``w``
+        (float32 for half precision), laid out like ``x``.
+
+    Examples:
+        >>> x = torch.tensor([[0.5, 0.9]])
+        >>> linf_hyperplane_project(x, torch.tensor([[1.0, 1.0]]), 1.8, (0.0, 1.0))
+        tensor([[0.3000, 0.1000]])
+    """
+    a, room, need, direction, _ = _hyperplane_problem(x, w, b, bounds)
+    moves = a > 0
+    lam = _level(room, a * room, a, need).unsqueeze(1)
+    m = torch.where(moves, torch.minimum(lam.expand_as(room), room), torch.zeros_like(room))
+    return _hyperplane_result(direction, m, x)
+
+
+def l2_hyperplane_project(x: Tensor, w: Tensor, b: Scalar, bounds: Bounds) -> Tensor:
+    r"""The Euclidean projection of ``x`` onto the hyperplane $\langle w, z\rangle = b$
+    intersected with the box, as a step.
+
+    Solves, per sample,
+    $\min_\delta \|\delta\|_2$ subject to $\langle w, x + \delta\rangle = b$ and
+    $l \le x + \delta \le u$. The KKT conditions give
+    $|\delta_i| = \min(\lambda |w_i|, \rho_i)$ towards the hyperplane, with $\rho_i$
+    the room the box leaves in that direction and the smallest $\lambda \ge 0$
+    that reaches it: without the box, the familiar
+    $\delta = -(\langle w, x\rangle - b)\, w / \|w\|_2^2$. Where the box does not
+    reach the hyperplane, every coordinate with $w_i \ne 0$ goes to its bound
+    (the box point nearest to the hyperplane). This is the projection of FAB
+    for L2 (Croce & Hein, ICML 2020). Exact, after one sort: $O(d \log d)$ per
+    sample, no loop over samples, no host sync.
+
+    Args:
+        x: points ``(B, ...)`` in the box.
+        w: normals ``(B, ...)``, laid out like ``x``.
+        b: offsets, a float or ``(B,)``.
+        bounds: the box ``(low, high)``; infinite bounds are allowed.
+
+    Returns:
+        The steps ``delta`` ``(B, ...)`` in the work dtype of ``x`` and ``w``
+        (float32 for half precision), laid out like ``x``.
+
+    Examples:
+        >>> x = torch.tensor([[0.5, 0.9]])
+        >>> l2_hyperplane_project(x, torch.tensor([[1.0, 1.0]]), 1.8, (0.0, 1.0))
+        tensor([[0.3000, 0.1000]])
+    """
+    a, room, need, direction, _ = _hyperplane_problem(x, w, b, bounds)
+    moves = a > 0
+    kappa = torch.where(moves, room / a.clamp_min(torch.finfo(a.dtype).tiny), room)
+    lam = _level(kappa, a * room, a * a, need).unsqueeze(1)
+    m = torch.where(moves, torch.minimum(lam * a, room), torch.zeros_like(room))
+    return _hyperplane_result(direction, m, x)
+
+
+def l1_hyperplane_project(x: Tensor, w: Tensor, b: Scalar, bounds: Bounds) -> Tensor:
+    r"""The smallest L1 step from ``x`` onto the hyperplane $\langle w, z\rangle = b$
+    within the box.
+
+    Solves, per sample,
+    $\min_\delta \|\delta\|_1$ subject to $\langle w, x + \delta\rangle = b$ and
+    $l \le x + \delta \le u$: a linear program, a fractional knapsack, whose solution
+    moves the coordinates in decreasing order of $|w_i|$ (the most progress per unit
+    of L1 norm first), each to its bound towards the hyperplane, and the last one
+    only as far as the hyperplane. Without the box that is a single coordinate, the
+    one of largest $|w_i|$. Where the box does not reach the hyperplane, every
+    coordinate with $w_i \ne 0$ goes to its bound (the box point nearest to the
+    hyperplane). Among coordinates of equal $|w_i|$ the one first in memory moves
+    first (the minimum is then not unique). This is the projection of FAB for L1
+    (Croce & Hein, ICML 2020). Exact, after one sort: $O(d \log d)$ per sample, no
+    loop over samples, no host sync.
+
+    Args:
+        x: points ``(B, ...)`` in the box.
+        w: normals ``(B, ...)``, laid out like ``x``.
+        b: offsets, a float or ``(B,)``.
+        bounds: the box ``(low, high)``; infinite bounds are allowed.
+
+    Returns:
+        The steps ``delta`` ``(B, ...)`` in the work dtype of ``x`` and ``w``
+        (float32 for half precision), laid out like ``x``.
+
+    Examples:
+        >>> x = torch.tensor([[0.5, 0.9]])
+        >>> l1_hyperplane_project(x, torch.tensor([[1.0, 2.0]]), 2.7, (0.0, 1.0))
+        tensor([[0.2000, 0.1000]])
+    """
+    a, room, need, direction, _ = _hyperplane_problem(x, w, b, bounds)
+    order = a.argsort(dim=1, descending=True, stable=True)
+    a_s = a.gather(1, order)
+    r_s = room.gather(1, order)
+    cap = a_s * r_s  # how far each coordinate alone can go, in units of <w, z>
+    done = torch.cat([torch.zeros_like(cap[:, :1]), cap.cumsum(dim=1)[:, :-1]], dim=1)
+    left = (need.unsqueeze(1) - done).clamp_min(0)
+    tiny = torch.finfo(a.dtype).tiny
+    m_s = torch.minimum(left / a_s.clamp_min(tiny), r_s)
+    m_s = torch.where(a_s > 0, m_s, torch.zeros_like(m_s))
+    m = torch.zeros_like(m_s).scatter(1, order, m_s)
+    return _hyperplane_result(direction, m, x)
 
 
 # --------------------------------------------------------------------------- exact feasibility

@@ -51,6 +51,14 @@ class Norm(ABC):
     def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         """A perturbation uniform (by volume) in the ball of radius ``eps``, laid out like ``x``."""
 
+    @abstractmethod
+    def hyperplane_project(self, x: Tensor, w: Tensor, b: F.Scalar, bounds: F.Bounds) -> Tensor:
+        r"""The step of smallest norm from each point ``x`` onto the hyperplane
+        $\langle w, z\rangle = b$ within the box ``bounds``; where the box does not reach the
+        hyperplane, the step to the box point nearest to it (see
+        `advkit.functional.l2_hyperplane_project` and its Linf and L1 siblings). In the work
+        dtype of ``x`` and ``w``, laid out like ``x``."""
+
     def feasible(self, x: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
         """``clip(x0 + project(x - x0))``, exactly inside the ball and the box in ``x0``'s
         dtype and memory format (see `advkit.functional.feasible`)."""
@@ -138,6 +146,9 @@ class Linf(Norm):
     def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.linf_sample(x, eps, generator=generator)
 
+    def hyperplane_project(self, x: Tensor, w: Tensor, b: F.Scalar, bounds: F.Bounds) -> Tensor:
+        return F.linf_hyperplane_project(x, w, b, bounds)
+
     def feasible(self, x: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
         lo, hi = F.linf_box(x0, eps, bounds)
         return torch.clamp(x.to(x0.dtype), lo, hi)
@@ -168,6 +179,9 @@ class L2(Norm):
 
     def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.l2_sample(x, eps, generator=generator)
+
+    def hyperplane_project(self, x: Tensor, w: Tensor, b: F.Scalar, bounds: F.Bounds) -> Tensor:
+        return F.l2_hyperplane_project(x, w, b, bounds)
 
 
 @dataclass(frozen=True)
@@ -203,6 +217,9 @@ class L1(Norm):
 
     def sample(self, x: Tensor, eps: F.Scalar, *, generator: F.RandomSource = None) -> Tensor:
         return F.l1_sample(x, eps, generator=generator)
+
+    def hyperplane_project(self, x: Tensor, w: Tensor, b: F.Scalar, bounds: F.Bounds) -> Tensor:
+        return F.l1_hyperplane_project(x, w, b, bounds)
 
 
 NormSpec = str | float | Norm

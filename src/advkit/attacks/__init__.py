@@ -12,6 +12,7 @@ from advkit.attacks.compose import MultiTargeted as MultiTargeted
 from advkit.attacks.compose import Sweep as Sweep
 from advkit.attacks.cw import CW as CW
 from advkit.attacks.deepfool import DeepFool as DeepFool
+from advkit.attacks.fab import FAB as FAB
 from advkit.attacks.fast_gradient import FGSM as FGSM
 from advkit.attacks.noise import GaussianNoise as GaussianNoise
 from advkit.attacks.noise import UniformNoise as UniformNoise

@@ -19,6 +19,7 @@ from advkit.attacks.base import Attack
 from advkit.attacks.compose import Ensemble, MultiTargeted, Sweep
 from advkit.attacks.cw import CW
 from advkit.attacks.deepfool import DeepFool
+from advkit.attacks.fab import FAB
 from advkit.attacks.fast_gradient import FGSM
 from advkit.attacks.noise import GaussianNoise, UniformNoise
 from advkit.attacks.pgd import BIM, PGD
@@ -126,6 +127,16 @@ REGISTRY: tuple[AttackEntry, ...] = (
         "(queries per sample in `result.queries`)",
         "Andriushchenko et al., ECCV 2020",
         {"queries": 12},
+    ),
+    AttackEntry(
+        FAB,
+        "fab",
+        "minimal-norm",
+        ALL_NORMS,
+        "projections onto the linearized boundary within the box, biased towards the clean "
+        "input, with backward steps (`MultiTargeted(FAB(...))` is FAB-T)",
+        "Croce & Hein, ICML 2020",
+        {"steps": 4, "restarts": 2},
     ),
     AttackEntry(
         UniformNoise,
