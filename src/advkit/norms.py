@@ -2,8 +2,9 @@
 
 A `Norm` is a frozen, stateless value that binds the kernels of
 `advkit.functional` for one norm: how to measure a perturbation, project
-it onto a ball, pick the steepest-ascent direction of a gradient and sample
-uniformly from a ball. The radius ``eps`` is always an argument, never state,
+it onto a ball, pick the steepest-ascent direction of a gradient, sample
+uniformly from a ball, and take the smallest step onto a hyperplane within the
+input box (FAB's projection). The radius ``eps`` is always an argument, never state,
 so one norm object serves every budget. Attacks take ``norm="linf"`` (or
 ``"l2"``, ``"l1"``, ``float("inf")``, ``2``, ``1``) or a `Norm`.
 """

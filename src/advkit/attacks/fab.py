@@ -279,8 +279,8 @@ class FAB(MinNormAttack):
             cap = _per_sample(task.eps, x0).to(wd)
         else:
             width = hi - lo if math.isfinite(hi - lo) else 1.0
-            cap = torch.full((x0.shape[0],), _RESTART_RADIUS[norm.name] * width, device=x0.device)
-            cap = cap.to(wd)
+            r = _RESTART_RADIUS.get(norm.name, 1.0) * width
+            cap = torch.full((x0.shape[0],), r, dtype=wd, device=x0.device)
         radius = torch.minimum(best.distance.to(wd), cap) / 2
         u = norm.sample(x0, 1.0, generator=task.generator).to(wd)
         scale = radius / norm.measure(u).to(wd).clamp_min(torch.finfo(wd).tiny)

