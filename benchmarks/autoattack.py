@@ -96,8 +96,8 @@ def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Me
             member.n_iter = args.steps
         aa.square.n_queries = args.queries
         with base._own_rng(seed):
-            out: Tensor = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
-        return out
+            out = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
+        return out[0] if isinstance(out, tuple) else out  # 0.2 returns (x_adv, y_adv)
 
     settings = f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version='standard')"
     if args.steps != 100 or args.queries != 5000:

@@ -55,6 +55,7 @@ RANDOMIZED = {
     "MultiTargeted",
     "Ensemble",
     "Sweep",
+    "AutoAttack",
 }
 
 
@@ -79,7 +80,7 @@ def _from_registry(entry: AttackEntry) -> AttackInfo:
         randomized=entry.name in RANDOMIZED,
         gradient=entry.kind not in ("noise", "score-based"),
         minimal=probe.minimal,
-        targetable=entry.cls is not advkit.MultiTargeted,
+        targetable=entry.cls not in (advkit.MultiTargeted, advkit.AutoAttack),
         cls=entry.cls,
     )
 

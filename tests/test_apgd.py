@@ -458,3 +458,17 @@ def test_large_eps_schedule_for_l1() -> None:
     assert bool((res.distance <= 2.0).all())
     with pytest.raises(advkit.ConfigError, match="norm='l1'"):
         advkit.APGD(norm="linf", eps=0.1, large_eps=True)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_large_eps_schedule_with_few_steps_and_early_stop(steps: int) -> None:
+    """The last stage (the real ball) always runs, even when 30% + 30% of the steps leave it
+    none, and a success at 3 or 2 eps does not freeze a sample: only the real ball counts."""
+    _, _, x, y = digits_data()
+    model = digits_model()
+    x, y = x[:24], y[:24]
+    attack = advkit.APGD("l1", 1.0, steps=steps, restarts=2, large_eps=True, early_stop=True)
+    res = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    dist = (res.x_adv.double() - x.double()).flatten(1).abs().sum(1)
+    assert (dist <= 1.0).all() and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert torch.equal(res.success, res.logits.argmax(1) != y)

@@ -9,6 +9,7 @@ from advkit.attacks import FAB as FAB
 from advkit.attacks import FGSM as FGSM
 from advkit.attacks import PGD as PGD
 from advkit.attacks import Attack, MinNormAttack
+from advkit.attacks import AutoAttack as AutoAttack
 from advkit.attacks import DeepFool as DeepFool
 from advkit.attacks import Ensemble as Ensemble
 from advkit.attacks import GaussianNoise as GaussianNoise

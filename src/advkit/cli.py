@@ -76,8 +76,14 @@ def parse_eps(values: Sequence[str]) -> list[float]:
     return out
 
 
+_WORDS = {"version", "precision"}
+"""Options whose values are words (``version=fast``, ``precision=bf16``)."""
+
+
 def _parse_value(key: str, text: str) -> Any:
     low = text.strip().lower()
+    if key in _WORDS:
+        return low
     if key == "objective":
         if low not in _OBJECTIVES:
             raise ConfigError(f"objective={text!r}: choose one of {sorted(_OBJECTIVES)}.")
@@ -96,7 +102,8 @@ def _parse_value(key: str, text: str) -> Any:
 
 def parse_attack(spec: str, norm: str) -> tuple[str, Attack]:
     """An attack from ``NAME`` or ``NAME:key=value,key=value`` (values: numbers, fractions,
-    true/false, none; ``objective=margin``), in the threat model ``norm``.
+    true/false, none; ``objective=margin``; words for ``version`` and ``precision``, e.g.
+    ``autoattack:version=fast``), in the threat model ``norm``.
 
     Returns:
         ``(label, attack)``, the label being the spec itself.

@@ -6,6 +6,7 @@ them for static type checkers (a test checks them against the registry).
 """
 
 from advkit.attacks.apgd import APGD as APGD
+from advkit.attacks.autoattack import AutoAttack as AutoAttack
 from advkit.attacks.base import Attack, Found, MinNormAttack
 from advkit.attacks.compose import Ensemble as Ensemble
 from advkit.attacks.compose import MultiTargeted as MultiTargeted

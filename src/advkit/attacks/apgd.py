@@ -388,18 +388,18 @@ class APGD(Attack):
         stage from the best point of the one before (projected onto its smaller ball); only
         the last stage, in the real ball, can break a sample."""
         first = math.ceil(0.3 * self.steps)
-        stages = [(3.0, first), (2.0, first), (1.0, self.steps - 2 * first)]
+        stages = [(3.0, first), (2.0, first), (1.0, max(self.steps - 2 * first, 0))]
         eps = task.budget()
         x0 = task.x0
         draw = F.work_dtype(x0.dtype)
         noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
         point = x0.to(draw) + noise
         for k, (scale, steps) in enumerate(stages):
-            if steps < 1:
+            final = k == len(stages) - 1
+            if steps < 1 and not final:  # the last stage always scores its start
                 continue
             stage = task.using(eps=eps * scale)
             point = scheme.region(stage)(point)
-            final = k == len(stages) - 1
             point = self._run_once(
                 oracle, stage, scheme, point, best if final else None, active, steps, warm=True
             )
@@ -453,7 +453,7 @@ class APGD(Attack):
                 region = scheme.region(sub)
             x, x_prev = track["x"], track["x_prev"]
             x_next = scheme.step(state, region, x, x_prev, track["grad"], first=i == 0)
-            if self.early_stop:  # a sample that succeeds stays where it is
+            if self.early_stop and best is not None:  # a success (that counts) stays put
                 x_next = torch.where(_rows(track["ok"], x), x, x_next)
             last = i == steps - 1
             if last:

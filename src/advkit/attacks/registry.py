@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advkit.attacks.apgd import APGD
+from advkit.attacks.autoattack import AutoAttack
 from advkit.attacks.base import Attack
 from advkit.attacks.compose import Ensemble, MultiTargeted, Sweep
 from advkit.attacks.cw import CW
@@ -170,6 +171,16 @@ REGISTRY: tuple[AttackEntry, ...] = (
         ALL_NORMS,
         "the per-sample worst case over attacks, each run only on what is still robust",
         "Croce & Hein, ICML 2020 (AutoAttack's semantics)",
+    ),
+    AttackEntry(
+        AutoAttack,
+        "autoattack",
+        "composite",
+        ALL_NORMS,
+        "the AutoAttack ensemble: versions `standard`, `plus`, `rand` as in the reference "
+        "code, and advkit's `fast`",
+        "Croce & Hein, ICML 2020",
+        {"version": "standard", "steps": 2, "queries": 6, "num_targets": 2},
     ),
     AttackEntry(
         Sweep,

@@ -1,0 +1,226 @@
+"""AutoAttack: each version's members and settings (the reference's), the worst case over
+its members, few-class models, a randomized model under ``rand``, and the ways to run it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import advkit
+from advkit import objectives
+from advkit.attacks.autoattack import VERSIONS
+
+from ._digits import digits_data, digits_model
+from ._models import exact_norm_at_most
+
+
+def settings_of(attack: advkit.Attack) -> dict[str, Any]:
+    """What a member is: its class, the inner attack's class and key settings."""
+    inner = attack.attack if isinstance(attack, advkit.MultiTargeted) else attack
+    out: dict[str, Any] = {"cls": type(inner).__name__, "norm": str(attack.norm)}
+    if isinstance(attack, advkit.MultiTargeted):
+        out["targets"] = attack.num_targets
+    for key in ("steps", "restarts", "queries", "p_init", "eot", "large_eps", "early_stop"):
+        if hasattr(inner, key):
+            out[key] = getattr(inner, key)
+    if hasattr(inner, "objective") and not isinstance(inner, (advkit.FAB, advkit.Square)):
+        out["objective"] = inner.objective.__name__
+    return out
+
+
+# The reference code's settings (fra31/auto-attack, AutoAttack.set_version), member by member.
+APGD_CE = {"cls": "APGD", "steps": 100, "restarts": 1, "eot": 1, "objective": "cross_entropy"}
+APGD_T = {"cls": "APGD", "targets": 9, "steps": 100, "restarts": 1, "objective": "dlr"}
+FAB_T = {"cls": "FAB", "targets": None, "steps": 100, "restarts": 1}  # None: min(9, C - 1)
+SQUARE = {"cls": "Square", "queries": 5000, "p_init": 0.8, "restarts": 1}
+EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("standard", "linf"): {
+        "apgd-ce": APGD_CE,
+        "apgd-t": {**APGD_T, "targets": None},
+        "fab-t": FAB_T,
+        "square": SQUARE,
+    },
+    ("standard", "l1"): {
+        "apgd-ce": {**APGD_CE, "restarts": 5, "large_eps": True},
+        "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
+        "fab-t": FAB_T,
+    },
+    ("plus", "l2"): {
+        "apgd-ce": {**APGD_CE, "restarts": 5},
+        "apgd-dlr": {**APGD_CE, "restarts": 5, "objective": "dlr"},
+        "fab": {"cls": "FAB", "steps": 100, "restarts": 5},
+        "square": SQUARE,
+        "apgd-t": {**APGD_T, "targets": None},
+        "fab-t": FAB_T,
+    },
+    ("rand", "linf"): {
+        "apgd-ce": {**APGD_CE, "eot": 20},
+        "apgd-dlr": {**APGD_CE, "eot": 20, "objective": "dlr"},
+    },
+    ("fast", "linf"): {
+        "apgd-ce": APGD_CE,
+        "apgd-t": {**APGD_T, "targets": 3},
+    },
+}
+
+
+@pytest.mark.parametrize(("version", "norm"), list(EXPECTED))
+def test_each_version_has_the_reference_members_and_settings(version: str, norm: str) -> None:
+    aa = advkit.AutoAttack(norm, eps=0.3, version=version)  # type: ignore[arg-type]
+    assert list(aa.names) == list(EXPECTED[version, norm])
+    for name, member in aa.members:
+        got = settings_of(member)
+        for key, want in EXPECTED[version, norm][name].items():
+            assert got[key] == want, (version, norm, name, key, got)
+        assert member.eps == 0.3 and str(member.norm) == norm
+        if isinstance(member, advkit.APGD) or isinstance(
+            getattr(member, "attack", None), advkit.APGD
+        ):
+            assert got["early_stop"] is True
+    assert aa.eps == 0.3 and not aa.minimal
+
+
+def test_settings_pass_through_and_are_checked() -> None:
+    aa = advkit.AutoAttack(
+        "l2", version="plus", steps=7, queries=11, num_targets=4, precision="bf16"
+    )
+    for _, member in aa.members:
+        inner = getattr(member, "attack", member)
+        assert getattr(inner, "steps", 7) == 7 and getattr(inner, "queries", 11) == 11
+        assert inner.precision == "bf16"
+        if isinstance(member, advkit.MultiTargeted):
+            assert member.num_targets == 4
+    assert "precision='bf16'" in repr(aa) and "version='plus'" in repr(aa)
+    with pytest.raises(advkit.ConfigError, match="version must be one of"):
+        advkit.AutoAttack("linf", 0.1, version="fastest")  # type: ignore[arg-type]
+    with pytest.raises(advkit.ConfigError, match="steps"):
+        advkit.AutoAttack("linf", 0.1, steps=0)
+    with pytest.raises(advkit.ConfigError, match="num_targets"):
+        advkit.AutoAttack("linf", 0.1, num_targets=0)
+    assert set(VERSIONS) == {"standard", "plus", "rand", "fast"}
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    _, _, x, y = digits_data()
+    return digits_model(), x[:48], y[:48]
+
+
+@pytest.mark.parametrize("version", ["standard", "fast"])
+def test_the_worst_case_is_at_most_each_member(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor], version: str
+) -> None:
+    """With ``sample_ids`` every member breaks inside the ensemble whatever it breaks alone
+    with the same generator: the ensemble's robust set lies inside each member's."""
+    model, x, y = digits
+    aa = advkit.AutoAttack("linf", eps=0.08, version=version, steps=8, queries=40, num_targets=3)
+    ids = torch.arange(100, 100 + len(y))
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(7)
+
+    res = aa(model, x, y, generator=gen(), sample_ids=ids)
+    assert exact_norm_at_most(res.x_adv, x, "linf", 0.08).all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    for name, member in aa.members:
+        alone = member(model, x, y, generator=gen(), sample_ids=ids)
+        assert not (alone.success & ~res.success).any(), name
+    broken_by = {p.name for p in res.parts}
+    assert "apgd-ce" in broken_by
+    assert res.success.float().mean() > 0.2  # the budget is meaningful
+    clean_wrong = model(x).argmax(1) != y
+    assert (res.broken_by[clean_wrong] == -1).all()
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4])
+def test_models_with_two_to_four_classes(classes: int) -> None:
+    """The targets follow the classes (min(k, C - 1)) and the margin stands in for the
+    targeted DLR loss below 4 classes: every version runs, inside the ball, and breaks
+    what an exact attack breaks on a linear model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, classes))
+    x = torch.rand(32, 1, 3, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    for version in VERSIONS:
+        aa = advkit.AutoAttack("l2", eps=0.6, version=version, steps=10, queries=30)
+        res = aa(model, x, y, generator=torch.Generator().manual_seed(0))
+        assert exact_norm_at_most(res.x_adv, x, "l2", 0.6).all()
+        assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+        exact = advkit.DeepFool(norm="l2", steps=10)(model, x, y)
+        reachable = exact.distance < 0.6 * 0.99
+        assert res.success[reachable].all(), version
+    uses_margin = [
+        getattr(m, "attack", m).objective
+        for _, m in aa._for_few_classes().members
+        if hasattr(getattr(m, "attack", m), "objective")
+    ]
+    assert objectives.dlr not in uses_margin
+
+
+def test_a_randomized_model_under_rand(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """``rand`` averages every step's gradient over 20 draws (counted as 20 passes) and
+    breaks more of a noisy model than the same members without EOT."""
+    base, x, y = digits
+
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            noise = torch.randn(t.shape, generator=self.gen, device=t.device)
+            return self.base(t + 0.25 * noise)
+
+        gen = torch.Generator().manual_seed(3)
+
+    noisy = Noisy()
+    rand = advkit.AutoAttack("linf", eps=0.1, version="rand", steps=6)
+    res = rand(noisy, x, y, generator=torch.Generator().manual_seed(0))
+    plain = advkit.Ensemble(
+        [
+            advkit.APGD("linf", 0.1, steps=6),
+            advkit.APGD("linf", 0.1, steps=6, objective=objectives.dlr),
+        ]
+    )
+    ref = plain(noisy, x, y, generator=torch.Generator().manual_seed(0))
+    # the gradient passes: 20 per step of every sample still running
+    assert res.backward_passes >= 20 * 6 and res.backward_passes % 20 == 0
+
+    def broken(x_adv: torch.Tensor) -> torch.Tensor:
+        """Misclassified in a majority of 25 draws (one draw flatters either attack)."""
+        with torch.no_grad():
+            votes = sum((noisy(x_adv).argmax(1) != y).int() for _ in range(25))
+        return votes > 12
+
+    assert broken(res.x_adv).sum() > broken(ref.x_adv).sum()
+
+
+def test_untargeted_only(digits: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    model, x, y = digits
+    aa = advkit.AutoAttack("linf", 0.1, version="fast", steps=2)
+    with pytest.raises(advkit.ConfigError, match="AutoAttack is untargeted"):
+        aa(model, x, y, targets=(y + 1) % 10)
+
+
+def test_command_line_and_evaluate(digits: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    from advkit.cli import parse_attack
+
+    _, attack = parse_attack("autoattack:version=fast,steps=5,num_targets=2", "l2")
+    assert isinstance(attack, advkit.AutoAttack)
+    assert (attack.version, attack.steps, str(attack.norm)) == ("fast", 5, "l2")
+    with pytest.raises(advkit.ConfigError, match="version must be one of"):
+        parse_attack("autoattack:version=quick", "linf")
+    model, x, y = digits
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=24)
+    report = advkit.evaluate(
+        model, data, {"AA": advkit.AutoAttack("linf", version="fast", steps=5)}, eps=[0.05, 0.1]
+    )
+    curve = report.robust_accuracy("AA")
+    assert curve[0] >= curve[1]
+    direct = advkit.AutoAttack("linf", 0.1, version="fast", steps=5)(model, x, y)
+    assert abs(curve[1] - (1 - direct.success.float().mean().item())) <= 0.1
