@@ -15,7 +15,9 @@ runs them by default and prints the flags with its table.
 The checks (`CHECKS`), on the correctly classified samples of the batch
 unless said otherwise:
 
-* ``randomized``: two forward passes of the same inputs give different outputs.
+* ``randomized``: two forward passes of the same inputs give different outputs
+  (in `advkit.evaluate`, a note instead of a flag when its gradient attacks use
+  EOT and its verdict takes several draws).
 * ``probability_outputs``: every output row lies in ``[0, 1]`` and sums to 1.
 * ``zero_gradients``: the input gradient of the attack's loss is exactly zero
   (or subnormal) on at least 10% of the samples.
@@ -35,7 +37,10 @@ unless said otherwise:
 
 The reference gradient attack is APGD (``steps=10`` by default, from the
 clean input, early stopping) on the objective under test, run at ``eps``, at
-``4 * eps`` and at the box's diameter in the threat norm.
+``4 * eps`` and at the box's diameter in the threat norm. On a randomized
+model the three checks that attack decide success by the ``verdict`` given
+(`advkit.Verdict`), and are skipped when it is one draw: a success could be
+luck.
 
 Every figure is a count over samples (or a maximum), and every random draw of
 sample ``i`` depends only on ``(seed, sample id i)``, so a diagnosis does not
@@ -66,6 +71,7 @@ from advkit.functional import KeyedGenerator
 from advkit.models import BPDA, Classifier, model_guard, wrap
 from advkit.norms import Norm, NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy, margin
+from advkit.result import Verdict
 
 __all__ = ["CHECKS", "EVIDENCE_KEYS", "Diagnosis", "Flag", "diagnose", "judge"]
 
@@ -102,6 +108,7 @@ _SUMS = (
     "randomized",
     "probability_rows",
     "zero_gradient",
+    "saturated",
     "fd_trials",
     "fd_disagree",
     "robust_eps",
@@ -113,12 +120,21 @@ _SUMS = (
     "forward_rows",
     "backward_rows",
 )
-_MAXES = ("logit_change", "detached", "bpda", "eps", "eps_wide", "eps_unbounded", "fd_step")
+_MAXES = (
+    "logit_change",
+    "detached",
+    "bpda",
+    "verdict_draws",
+    "eps",
+    "eps_wide",
+    "eps_unbounded",
+    "fd_step",
+)
 EVIDENCE_KEYS: tuple[str, ...] = _SUMS + _MAXES
 """The figures a diagnosis measures (`Diagnosis.evidence`): counts over samples, which add
 up over batches and processes, then maxima (the largest relative logit change between two
 passes, whether some gradient pass found no autograd path, whether the model holds an
-`advkit.BPDA`, the budgets used)."""
+`advkit.BPDA`, the draws of the verdict, the budgets used)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,9 @@ class Diagnosis:
         score_attack: the score-based attack of ``gradient_free_stronger``
             (``"Square"`` or ``"random search"``).
         objective: the name of the objective whose gradients were checked.
+        notes: findings that raise no flag because the evaluation already deals
+            with them (a randomized model attacked with EOT and judged over
+            several draws), by check name.
     """
 
     flags: tuple[Flag, ...]
@@ -166,6 +185,7 @@ class Diagnosis:
     skipped: Mapping[str, str] = field(default_factory=dict)
     score_attack: str = ""
     objective: str = ""
+    notes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -206,6 +226,7 @@ class Diagnosis:
             "score_attack": self.score_attack,
             "checks": list(self.checks),
             "skipped": dict(self.skipped),
+            "notes": dict(self.notes),
             "flags": [f.to_dict() for f in self.flags],
             "evidence": dict(self.evidence),
         }
@@ -225,6 +246,11 @@ class Diagnosis:
                 textwrap.fill(str(f), width=100, initial_indent="  ! ", subsequent_indent="    ")
                 for f in self.flags
             ]
+        for name, note in self.notes.items():
+            lines.append(
+                textwrap.fill(f"{name}: {note}", 100, initial_indent="  (", subsequent_indent="   ")
+                + ")"
+            )
         for name, why in self.skipped.items():
             lines.append(f"  (not checked: {name}, {why})")
         return "\n".join(lines)
@@ -346,6 +372,7 @@ class _Settings:
     directions: int
     seed: int
     checks: tuple[str, ...]
+    verdict: Verdict
 
 
 def _measure(
@@ -365,7 +392,8 @@ def _measure(
         return ev
     ev["bpda"] = float(any(isinstance(m, BPDA) for m in clf.modules()))
     counter = _Counter(clf)
-    oracle = Oracle(Classifier(counter, bounds=clf.bounds))
+    oracle = Oracle(Classifier(counter, bounds=clf.bounds), verdict=s.verdict)
+    ev["verdict_draws"] = float(s.verdict.draws)
     want = set(s.checks)
 
     # Two no-grad passes: randomness, probabilities, correctness.
@@ -400,7 +428,11 @@ def _measure(
         # The attack's loss at the clean inputs: its gradient (one more draw of the outputs).
         _, grad, z3 = oracle.value_and_grad(xc, task.loss)
         tiny = torch.finfo(grad.dtype).tiny
-        ev["zero_gradient"] = float((grad.flatten(1).abs().amax(dim=1) < tiny).sum())
+        zero = grad.flatten(1).abs().amax(dim=1) < tiny
+        ev["zero_gradient"] = float(zero.sum())
+        rows = zero.nonzero().squeeze(1)
+        if rows.numel() > 0:  # saturated loss, or no gradient at all? The logit margin says.
+            ev["saturated"] = _saturated(oracle, task.subset(rows), z1.index_select(0, idx)[rows])
         change3 = (z3 - z1.index_select(0, idx)).abs().amax(dim=1) / scale.index_select(0, idx)
         change = change.index_copy(0, idx, torch.maximum(change.index_select(0, idx), change3))
         ev["detached"] = float(oracle.detached)
@@ -416,6 +448,27 @@ def _measure(
     return ev
 
 
+def _runner_up_margin(logits: Tensor, labels: Tensor, dtype: torch.dtype) -> Callable[..., Tensor]:
+    """``z -> z_y - z_k`` with ``k`` the most likely wrong class at ``logits``: a smooth
+    function of the logits (no max that switches) that no softmax saturates."""
+    runner_up = logits.scatter(1, labels.unsqueeze(1), -math.inf).argmax(dim=1)
+
+    def margin_of(z: Tensor) -> Tensor:
+        zf = z.to(dtype)
+        picked = zf.gather(1, torch.stack([labels, runner_up], dim=1))
+        return picked[:, 0] - picked[:, 1]
+
+    return margin_of
+
+
+def _saturated(oracle: Oracle, task: Task, clean: Tensor) -> float:
+    """How many of these samples (whose loss has a zero input gradient) have a logit margin
+    whose input gradient is not zero: the loss saturates, the model is differentiable."""
+    fn = _runner_up_margin(clean, task.labels, torch.promote_types(clean.dtype, torch.float32))
+    _, grad, _ = oracle.value_and_grad(task.x0, fn)
+    return float((grad.flatten(1).abs().amax(dim=1) >= torch.finfo(grad.dtype).tiny).sum())
+
+
 def _finite_differences(
     oracle: Oracle, task: Task, clean: Tensor, s: _Settings, ev: dict[str, float]
 ) -> None:
@@ -425,13 +478,7 @@ def _finite_differences(
     x0, y, gen = task.x0, task.labels, task.generator
     wd = torch.promote_types(x0.dtype, torch.float32)
     shape = tuple(x0.shape)
-    runner_up = clean.scatter(1, y.unsqueeze(1), -math.inf).argmax(dim=1)
-
-    def margin_of(z: Tensor) -> Tensor:
-        zf = z.to(wd)
-        return zf.gather(1, y.unsqueeze(1)).squeeze(1) - zf.gather(
-            1, runner_up.unsqueeze(1)
-        ).squeeze(1)
+    margin_of = _runner_up_margin(clean, y, wd)
 
     lo, hi = float(task.bounds[0]), float(task.bounds[1])
     h = FD_STEP * s.eps
@@ -525,6 +572,7 @@ def judge(
     score_attack: str = "random search",
     checks_run: Sequence[str] = CHECKS,
     steps: int = 10,
+    eot: bool = False,
 ) -> Diagnosis:
     """The flags that ``evidence`` (figures summed over batches or processes) calls for.
 
@@ -534,6 +582,9 @@ def judge(
         score_attack: the name of the score-based attack that ran.
         checks_run: the checks that were asked for.
         steps: the reference gradient attack's steps (for the messages).
+        eot: whether the evaluation's gradient attacks average gradients over
+            draws (``eot > 1``); with a verdict over several draws as well, a
+            randomized model is a note, not a flag.
 
     Returns:
         The `Diagnosis`.
@@ -543,7 +594,9 @@ def judge(
     want = set(checks_run)
     flags: list[Flag] = []
     skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
     randomized = ev["randomized"] > 0
+    draws = int(ev["verdict_draws"])
     eps, wide, unbounded = ev["eps"], ev["eps_wide"], ev["eps_unbounded"]
 
     def counted(count: float, whole: float, fraction: float) -> bool:
@@ -551,18 +604,24 @@ def judge(
 
     if n == 0:
         return Diagnosis((), ev, tuple(c for c in CHECKS if c in want), {}, score_attack, objective)
-    if "randomized" in want and randomized:
+    if "randomized" in want and randomized and eot and draws > 1:
+        notes["randomized"] = (
+            f"two forward passes differ on {int(ev['randomized'])} of {int(n)} samples: the "
+            "model is randomized; the evaluation averages gradients over draws (EOT) and "
+            f"decides success by a majority of {draws} draws"
+        )
+    elif "randomized" in want and randomized:
         flags.append(
             Flag(
                 "randomized",
                 f"two forward passes of the same inputs differ on {int(ev['randomized'])} of "
-                f"{int(n)} samples (largest change {ev['logit_change']:.2g} of the largest "
-                "logit): the model is randomized. One pass's gradient is noisy and one "
-                "pass's success can be luck. Attack with EOT, e.g. advkit.APGD(eot=20), "
-                "and decide success over several draws: "
-                "advkit.evaluate(..., verdict=advkit.Verdict(draws=9)) or "
-                "attack(model, x, y, verdict=9). If the randomness is not part of the "
-                "defence (dropout or noise left on at test time), remove it.",
+                f"{int(n)} samples (by up to {ev['logit_change']:.2g} of the largest logit): "
+                "the model is randomized, so one pass's gradient is noisy and one pass's "
+                "success can be luck. Attack with EOT, e.g. advkit.APGD(eot=20), and decide "
+                "success by a majority of draws: advkit.evaluate(..., "
+                "verdict=advkit.Verdict(draws=9)) or attack(model, x, y, verdict=9). If the "
+                "randomness is not meant to be there (dropout or noise left on at test "
+                "time), remove it.",
                 {"samples": n, "differ": ev["randomized"], "logit_change": ev["logit_change"]},
             )
         )
@@ -588,28 +647,34 @@ def judge(
         if ev["detached"] > 0:
             cause = (
                 "The model's output does not depend on its input through autograd "
-                "(torch.no_grad() or .detach() in forward): remove it, or wrap the "
+                "(torch.no_grad() or .detach() in forward): remove that, or wrap the "
                 "non-differentiable part in advkit.BPDA(fn)."
+            )
+        elif ev["saturated"] >= ev["zero_gradient"] / 2:
+            cause = (
+                f"The logit margin still has a gradient on {int(ev['saturated'])} of them: "
+                "the softmax saturates (logits scaled up, a low temperature, a very "
+                "confident model). Use a loss that does not saturate: "
+                "advkit.APGD(objective=advkit.objectives.dlr) or "
+                "advkit.PGD(objective=advkit.objectives.margin)."
             )
         else:
             cause = (
-                "This is what a saturated softmax does (logits scaled up, a low "
-                "temperature, a very confident model): use a loss that does not saturate, "
-                "the margin or DLR objective, e.g. "
-                "advkit.APGD(objective=advkit.objectives.dlr) or "
-                "advkit.PGD(objective=advkit.objectives.margin). If rounding or "
-                "quantization sits in the model, wrap it in advkit.BPDA(fn)."
+                "The logits themselves have no input gradient there: a step autograd "
+                "cannot differentiate (rounding, quantization, an argmax) sits in the "
+                "model. Wrap it in advkit.BPDA(fn), or evaluate with a score-based attack."
             )
         flags.append(
             Flag(
                 "zero_gradients",
                 f"the input gradient of the {objective} loss is exactly zero (or subnormal) "
                 f"on {int(ev['zero_gradient'])} of {int(correct)} correctly classified "
-                f"samples ({_pct(ev['zero_gradient'], correct)}): gradient attacks on this "
-                f"loss cannot move there, and their robust accuracy is too high. {cause}",
+                f"samples ({_pct(ev['zero_gradient'], correct)}), so gradient attacks on "
+                f"this loss cannot move and report too high a robust accuracy. {cause}",
                 {
                     "samples": correct,
                     "zero_gradient": ev["zero_gradient"],
+                    "saturated": ev["saturated"],
                     "fraction": ev["zero_gradient"] / correct,
                 },
             )
@@ -627,16 +692,16 @@ def judge(
             flags.append(
                 Flag(
                     "non_differentiable",
-                    "the input gradient does not predict how the outputs change: along "
-                    f"random steps of length {ev['fd_step']:.3g}, autograd's prediction of "
-                    "the change of the logit margin and the change measured disagree in "
+                    "autograd's gradient does not predict how the outputs change: along "
+                    f"random steps of length {ev['fd_step']:.3g}, the change of the logit "
+                    "margin it predicts and the change measured disagree in "
                     f"{int(ev['fd_disagree'])} of {int(ev['fd_trials'])} trials "
-                    f"({_pct(ev['fd_disagree'], ev['fd_trials'])}). Something in the model "
-                    "is not differentiable or hides from autograd: rounding, quantization, "
-                    "JPEG-like preprocessing, an argmax, or a .detach() / torch.no_grad() "
-                    "branch. Wrap such preprocessing in advkit.BPDA(fn) (identity "
-                    "backward) or advkit.BPDA(fn, approx=smooth_fn), remove the detach, "
-                    "or evaluate with a score-based attack.",
+                    f"({_pct(ev['fd_disagree'], ev['fd_trials'])}). A step autograd cannot "
+                    "differentiate or does not see sits in the model: rounding, "
+                    "quantization, JPEG-like compression, an argmax, a .detach() or "
+                    "torch.no_grad() branch. Wrap it in advkit.BPDA(fn) (identity backward) "
+                    "or advkit.BPDA(fn, approx=smooth_fn), or remove the detach; else "
+                    "evaluate with a score-based attack.",
                     {
                         "trials": ev["fd_trials"],
                         "disagree": ev["fd_disagree"],
@@ -645,11 +710,13 @@ def judge(
                     },
                 )
             )
-    if eps <= 0:
-        for c in ("not_monotonic", "unbounded_not_broken", "gradient_free_stronger"):
+    attacked = ("not_monotonic", "unbounded_not_broken", "gradient_free_stronger")
+    if eps <= 0 or (randomized and draws == 1):
+        why = "eps is 0" if eps <= 0 else "a randomized model judged on one draw (see randomized)"
+        for c in attacked:
             if c in gradient_checks:
-                skipped[c] = "eps is 0"
-        gradient_checks = [c for c in gradient_checks if c in ("zero_gradients",)]
+                skipped[c] = why
+        gradient_checks = [c for c in gradient_checks if c not in attacked]
     attack = f"APGD ({steps} steps, {objective})"
     if "not_monotonic" in gradient_checks and counted(
         ev["not_monotonic"], correct, NOT_MONOTONIC_FRACTION
@@ -686,12 +753,12 @@ def judge(
             Flag(
                 "unbounded_not_broken",
                 f"at eps={unbounded:.4g}, a budget that reaches every point of the input "
-                f"box, {attack} still leaves {int(ev['robust_unbounded'])} of "
-                f"{int(correct)} samples ({_pct(ev['robust_unbounded'], correct)}) robust; "
-                "there it should break nearly all. The gradients are masked (see the other "
-                "flags), or the input box is wrong: are the inputs in the model's bounds, "
-                "and is the normalization applied once, inside advkit.wrap(model, "
-                "bounds=..., mean=..., std=...)?",
+                f"box, {attack} leaves {int(ev['robust_unbounded'])} of {int(correct)} "
+                f"samples ({_pct(ev['robust_unbounded'], correct)}) robust, where it should "
+                "break nearly all. Either the gradients are masked (see the other flags) or "
+                "the input box is wrong: are the inputs in the model's bounds, and is the "
+                "normalization applied once, inside advkit.wrap(model, bounds=..., mean=..., "
+                "std=...)?",
                 {
                     "samples": correct,
                     "robust_unbounded": ev["robust_unbounded"],
@@ -709,12 +776,15 @@ def judge(
                 f"a score-based attack ({score_attack}, no gradients) broke "
                 f"{int(ev['score_broken'])} of the {int(ev['gradient_robust'])} samples the "
                 f"gradient attacks left robust at eps={eps:.4g} "
-                f"({_pct(ev['score_broken'], ev['gradient_robust'])}), so the robust "
-                "accuracy they report is too high. Either the gradient attacks are too weak "
-                "(one step, too few steps, a step size too small: use advkit.APGD, which "
-                "needs no step size, with more steps and restarts) or the gradients mislead "
-                "them (see the other flags: a margin or DLR loss, BPDA, EOT). Evaluate with "
-                "a score-based attack as well.",
+                f"({_pct(ev['score_broken'], ev['gradient_robust'])}): the robust accuracy "
+                "they report is too high. The gradient attacks are too weak (one step, too "
+                "few steps, too small a step: prefer advkit.APGD, with more steps and "
+                "restarts) or the gradients mislead them (see the other flags). "
+                + (
+                    "Add advkit.Square to the evaluation."
+                    if score_attack == "Square"
+                    else "Evaluate with a score-based attack as well."
+                ),
                 {
                     "gradient_robust": ev["gradient_robust"],
                     "score_broken": ev["score_broken"],
@@ -726,7 +796,7 @@ def judge(
     order = {c: i for i, c in enumerate(CHECKS)}
     flags.sort(key=lambda f: order[f.name])
     ran = tuple(c for c in CHECKS if c in want and c not in skipped)
-    return Diagnosis(tuple(flags), ev, ran, skipped, score_attack, objective)
+    return Diagnosis(tuple(flags), ev, ran, skipped, score_attack, objective, notes)
 
 
 # ---------------------------------------------------------------------- the entry
@@ -757,6 +827,8 @@ class _Plan:
         queries: int,
         directions: int,
         seed: int,
+        verdict: Verdict | int | None = None,
+        eot: bool = False,
     ) -> None:
         value = checks.check_eps(eps, 1)
         if isinstance(value, Tensor):
@@ -776,7 +848,9 @@ class _Plan:
             directions=checks.check_positive_int(directions, "directions"),
             seed=int(seed),
             checks=_check_names(checks_run),
+            verdict=Verdict.of(verdict),
         )
+        self.eot = bool(eot)
         self.score_attack, self.score_name = _score_attack(norm_value, self.settings.queries)
 
     def measure(
@@ -794,6 +868,7 @@ class _Plan:
             score_attack=self.score_name,
             checks_run=s.checks,
             steps=s.steps,
+            eot=self.eot,
         )
 
 
@@ -812,6 +887,7 @@ def diagnose(
     directions: int = 2,
     seed: int = 0,
     sample_ids: Tensor | None = None,
+    verdict: Verdict | int | None = None,
 ) -> Diagnosis:
     r"""Check whether gradient attacks can be trusted on ``model``: gradient masking,
     randomness, probability outputs, and the attack failures they cause.
@@ -824,16 +900,17 @@ def diagnose(
 
     Cost, in passes of the model per sample (the whole batch, all checks): 2
     forward passes (randomness, correctness), 1 forward and 1 backward
-    (gradient of the loss), 1 + 1 and ``2 * directions`` forward (finite
-    differences), at most ``3 * (steps + 1)`` forward and ``3 * steps``
-    backward (the reference APGD at three budgets, stopping early on the
-    samples it breaks; a budget that equals the next one runs once), and
-    ``queries`` forward on the samples the gradient attacks left robust (the
-    score-based attack). With the defaults, at most 139 forward and 32 backward
-    passes per sample, and far fewer on a model that breaks easily; the
-    diagnosis reports what it spent (`Diagnosis.forward_passes`). For scale:
-    AutoAttack's APGD-CE alone makes 101 forward and 100 backward passes per
-    sample.
+    (gradient of the loss; 1 + 1 more on the samples where it is zero, to tell
+    saturation from a missing gradient), 1 + 1 and ``2 * directions`` forward
+    (finite differences), at most ``3 * (steps + 1)`` forward and
+    ``3 * steps`` backward (the reference APGD at three budgets, stopping early
+    on the samples it breaks; a budget that equals the next one runs once),
+    and ``queries`` forward on the samples the gradient attacks left robust
+    (the score-based attack). With the defaults, at most 142 forward and 33
+    backward passes per sample, and far fewer on a model that breaks easily;
+    the diagnosis reports what it spent (`Diagnosis.forward_passes`). For
+    scale: AutoAttack's APGD-CE alone makes 101 forward and 100 backward
+    passes per sample, and its APGD-T up to 9 times as many.
 
     Args:
         model: a `Classifier` or any ``nn.Module`` (wrapped with ``bounds=(0, 1)``).
@@ -855,6 +932,10 @@ def diagnose(
         seed: seed of every random draw.
         sample_ids: ``(B,)`` integer ids of the samples (default ``0..B-1``):
             each sample's draws depend only on ``seed`` and its id.
+        verdict: for a randomized model, the rule that decides the success of
+            the checks' attacks (`advkit.Verdict`, or a number of draws). With
+            one draw (the default), the checks that attack a randomized model
+            are skipped: their successes could be luck.
 
     Returns:
         The `Diagnosis`: ``print(diagnosis)``, ``diagnosis.flags``, ``diagnosis.ok``.
@@ -887,6 +968,7 @@ def diagnose(
         queries=queries,
         directions=directions,
         seed=seed,
+        verdict=verdict,
     )
     clf = model if isinstance(model, Classifier) else wrap(model)
     _checks.check_inputs(x, clf.bounds)

@@ -584,7 +584,7 @@ def evaluate(
     robust there. Each flag it raises (gradient masking, randomness,
     probability outputs, ...) is shown with what to do in ``print(report)``, in
     the JSON and in ``report.flags``, and a `advkit.DiagnosticWarning` says that
-    the figures may be wrong. It costs at most about 170 passes of the model
+    the figures may be wrong. It costs at most 175 passes of the model
     per diagnosed sample, typically a few percent of an evaluation (see
     `advkit.diagnose`).
 
@@ -669,18 +669,20 @@ def evaluate(
     rule = Verdict.of(verdict)
     plan: _Plan | None = None
     diagnosed = 0
-    objective, gradient_based = _objective_of(named)
+    gradient = _gradient_attacks(named)
     if diagnostics:
         diagnosed = checks.check_positive_int(diagnostic_samples, "diagnostic_samples")
         plan = _Plan(
             norm=named[0][1].norm,
             eps=grid[-1],
-            objective=objective,
+            objective=_objective_of(gradient),
             checks_run=None,
             steps=10,
             queries=100,
             directions=2,
             seed=seed,
+            verdict=rule,
+            eot=bool(gradient) and all(a.eot > 1 for a in gradient),
         )
     clf = model if isinstance(model, Classifier) else wrap(model)
     dev = torch.device(device) if device is not None else model_device(clf)
@@ -787,7 +789,7 @@ def evaluate(
                 xs, ys, ids_d, robust_d = (torch.cat(ts) for ts in zip(*picked, strict=True))
                 # The score-based check attacks what the evaluation's gradient attacks left
                 # robust; with none among them (noise only), what its own APGD left.
-                evidence = plan.measure(clf, xs, ys, ids_d, robust_d if gradient_based else None)
+                evidence = plan.measure(clf, xs, ys, ids_d, robust_d if gradient else None)
     finally:
         bar.close()
 
@@ -869,26 +871,35 @@ def _reduce_evidence(evidence: Mapping[str, float], dev: torch.device) -> dict[s
     return ev
 
 
-def _objective_of(named: Sequence[tuple[str, Attack]]) -> tuple[Objective, bool]:
-    """The loss whose gradients the diagnostics check: that of the first gradient attack
-    (looking inside composites), the margin for a minimal-norm attack (DeepFool and CW climb
-    logit differences); noise attacks take none. The cross-entropy if nothing else; and
-    whether some attack of the evaluation uses gradients."""
+def _gradient_attacks(named: Sequence[tuple[str, Attack]]) -> list[Attack]:
+    """The attacks of an evaluation that take input gradients, composites unwrapped, in order
+    (noise attacks take none)."""
     entries = by_class_name()
+    out: list[Attack] = []
 
-    def walk(a: Attack) -> Objective | None:
+    def walk(a: Attack) -> None:
         if isinstance(a, (Sweep, MultiTargeted)):
-            return walk(a.attack)
-        if isinstance(a, Ensemble):
-            return next((o for _, m in a.members if (o := walk(m)) is not None), None)
-        entry = entries.get(type(a).__name__)
-        kind = entry.kind if entry is not None and entry.cls is type(a) else "gradient"
-        if kind == "noise":
-            return None
-        return margin if a.minimal else a.objective
+            walk(a.attack)
+        elif isinstance(a, Ensemble):
+            for _, m in a.members:
+                walk(m)
+        else:
+            entry = entries.get(type(a).__name__)
+            if entry is None or entry.cls is not type(a) or entry.kind != "noise":
+                out.append(a)
 
-    found = next((o for _, a in named if (o := walk(a)) is not None), None)
-    return (cross_entropy, False) if found is None else (found, True)
+    for _, a in named:
+        walk(a)
+    return out
+
+
+def _objective_of(attacks: Sequence[Attack]) -> Objective:
+    """The loss whose gradients the diagnostics check: that of the first gradient attack,
+    the margin for a minimal-norm one (DeepFool and CW climb logit differences), the
+    cross-entropy if there is none."""
+    if not attacks:
+        return cross_entropy
+    return margin if attacks[0].minimal else attacks[0].objective
 
 
 def _comm(dev: torch.device) -> torch.device:
