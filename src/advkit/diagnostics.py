@@ -251,8 +251,14 @@ class Diagnosis:
                 textwrap.fill(f"{name}: {note}", 100, initial_indent="  (", subsequent_indent="   ")
                 + ")"
             )
+        reasons: dict[str, list[str]] = {}
         for name, why in self.skipped.items():
-            lines.append(f"  (not checked: {name}, {why})")
+            reasons.setdefault(why, []).append(name)
+        for why, names in reasons.items():
+            text = f"not checked: {', '.join(names)}; {why}"
+            lines.append(
+                textwrap.fill(text, 100, initial_indent="  (", subsequent_indent="   ") + ")"
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -712,7 +718,7 @@ def judge(
             )
     attacked = ("not_monotonic", "unbounded_not_broken", "gradient_free_stronger")
     if eps <= 0 or (randomized and draws == 1):
-        why = "eps is 0" if eps <= 0 else "a randomized model judged on one draw (see randomized)"
+        why = "eps is 0" if eps <= 0 else "a randomized model judged on one draw"
         for c in attacked:
             if c in gradient_checks:
                 skipped[c] = why
