@@ -78,6 +78,30 @@ def _attacks() -> dict[str, advkit.Attack]:
     }
 
 
+class _Scaled(torch.nn.Module):
+    """Logits times 100: a saturated softmax the diagnostics flag."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * 100
+
+
+MASKED_DIAGNOSED = 100  # more than rank 0's shard of N_ODD: both ranks diagnose some
+
+
+def _diagnostics(d: dict[str, Any]) -> dict[str, Any]:
+    """The diagnostics of a report, less their cost (the batch shapes differ between a
+    process that diagnoses 100 samples and two that diagnose 75 and 25: so does padding)."""
+    out = dict(d["diagnostics"])
+    out["evidence"] = {
+        k: v for k, v in out["evidence"].items() if k not in ("forward_rows", "backward_rows")
+    }
+    return {k: v for k, v in out.items() if not k.endswith("_passes_per_sample")}
+
+
 def _loopback() -> None:
     names = {name for _, name in socket.if_nameindex()}
     for lo in ("lo", "lo0"):
@@ -98,7 +122,17 @@ def _worker(rank: int, world: int, store: str, out: str, model: Any, x: Any, y: 
         tiny_report = evaluate(model, tiny, _attacks(), eps=EPS, batch_size=16, seed=7)
         loader = DataLoader(data, batch_size=10, sampler=ShardSampler(data))
         via_loader = evaluate(model, loader, _attacks(), eps=EPS, seed=7, progress=False)
+        masked = evaluate(
+            _Scaled(model),
+            data,
+            _attacks(),
+            eps=EPS,
+            batch_size=16,
+            seed=7,
+            diagnostic_samples=MASKED_DIAGNOSED,
+        )
         result = {
+            "masked": masked.to_dict(records=False),
             "seen": seen,
             "tiny_seen": tiny.seen,
             "report": report.to_dict(),
@@ -159,6 +193,29 @@ def test_two_gloo_ranks_match_one_process_bit_for_bit(tmp_path: Path) -> None:
         assert _strip(ranks[r]["loader"]) == expected
         assert _strip(ranks[r]["tiny"]) == _strip(tiny.to_dict())
         assert [rec["index"] for rec in ranks[r]["report"]["records"]] == list(range(N_ODD))
+
+    # Diagnostics: the samples to diagnose are split over the ranks (75 + 25), their counts
+    # summed: every rank reports the same flags, and the same as one process.
+    torch.set_num_threads(1)
+    try:
+        with pytest.warns(advkit.DiagnosticWarning, match="zero_gradients"):
+            masked = evaluate(
+                _Scaled(model),
+                TensorDataset(x, y),
+                _attacks(),
+                eps=EPS,
+                batch_size=16,
+                seed=7,
+                diagnostic_samples=MASKED_DIAGNOSED,
+            ).to_dict(records=False)
+    finally:
+        torch.set_num_threads(threads)
+    names = [f["name"] for f in masked["diagnostics"]["flags"]]
+    assert "zero_gradients" in names and masked["diagnostics"]["samples"] == MASKED_DIAGNOSED
+    assert ranks[0]["masked"]["diagnostics"] == ranks[1]["masked"]["diagnostics"]
+    for r in range(world):
+        assert _diagnostics(ranks[r]["masked"]) == _diagnostics(masked)
+        assert _diagnostics(ranks[r]["report"]) == _diagnostics(single.to_dict())
 
 
 def _fake_nccl_group(monkeypatch: pytest.MonkeyPatch, backend: str = "nccl") -> None:

@@ -248,7 +248,9 @@ def test_report_table_json_and_plot(ensemble: RobustnessReport, tmp_path: Any) -
     for row in ["FGSM", "+ PGD", "+ DeepFool", "worst case", "eps=0.05"]:
         assert row in text
     worst = f"{100 * ensemble.robust_accuracy()[-1]:.2f}%"
-    assert text.splitlines()[-1].endswith(worst)
+    (last_row,) = [line for line in text.splitlines() if line.startswith("  worst case")]
+    assert last_row.endswith(worst)
+    assert text.splitlines()[-1].startswith("diagnostics (64 samples")  # then the diagnostics
 
     path = tmp_path / "report.json"
     ensemble.to_json(path)

@@ -22,6 +22,7 @@ from advkit.checks import (
     AdvkitError,
     BoundsError,
     ConfigError,
+    DiagnosticWarning,
     GradientWarning,
     InputError,
     LabelError,
@@ -29,20 +30,25 @@ from advkit.checks import (
     ModelOutputError,
     ProbabilityOutputWarning,
 )
+from advkit.diagnostics import Diagnosis, Flag, diagnose
 from advkit.evaluation import RobustnessReport, evaluate
-from advkit.models import Classifier, model_guard, wrap
+from advkit.models import BPDA, Classifier, model_guard, wrap
 from advkit.norms import L1, L2, Linf, Norm
-from advkit.result import AttackResult, Part
+from advkit.result import AttackResult, Part, Verdict
 
 __all__ = [
     "L1",
     "L2",
+    "BPDA",
     "AdvkitError",
     "Attack",
     "AttackResult",
     "BoundsError",
     "Classifier",
     "ConfigError",
+    "DiagnosticWarning",
+    "Diagnosis",
+    "Flag",
     "GradientWarning",
     "InputError",
     "LabelError",
@@ -54,8 +60,10 @@ __all__ = [
     "Part",
     "ProbabilityOutputWarning",
     "RobustnessReport",
+    "Verdict",
     "__version__",
     "checks",
+    "diagnose",
     "distributed",
     "evaluate",
     "functional",

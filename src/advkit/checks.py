@@ -18,6 +18,7 @@ __all__ = [
     "AdvkitError",
     "BoundsError",
     "ConfigError",
+    "DiagnosticWarning",
     "GradientWarning",
     "InputError",
     "LabelError",
@@ -70,6 +71,11 @@ class ModelError(AdvkitError, RuntimeError):
 
 class ProbabilityOutputWarning(UserWarning):
     """The model seems to return probabilities instead of logits."""
+
+
+class DiagnosticWarning(UserWarning):
+    """The diagnostics of an evaluation (`advkit.diagnose`) raised flags: its robust
+    accuracy may be wrong; the report says why and what to do."""
 
 
 class GradientWarning(UserWarning):

@@ -258,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
     ev.add_argument("--independent", action="store_true",
                     help="run every attack on every correctly classified sample")  # fmt: skip
+    ev.add_argument("--no-diagnostics", action="store_true",
+                    help="skip the checks for gradient masking, randomness and probability "
+                    "outputs (advkit.diagnose) that the report shows by default")  # fmt: skip
+    ev.add_argument("--diagnostic-samples", type=int, default=64, metavar="N",
+                    help="how many samples (the first of the dataset) the diagnostics look at")  # fmt: skip
+    ev.add_argument("--verdict-draws", type=int, default=1, metavar="K",
+                    help="randomized models: decide the clean prediction and each attack's "
+                    "success over K forward passes, by a strict majority (default 1)")  # fmt: skip
     ev.add_argument("--json", metavar="PATH", help="write the report as JSON")
     ev.add_argument(
         "--no-records", action="store_true", help="leave per-sample records out of --json"
@@ -289,6 +297,9 @@ def _run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             independent=args.independent,
             progress=args.progress,
+            diagnostics=not args.no_diagnostics,
+            diagnostic_samples=args.diagnostic_samples,
+            verdict=args.verdict_draws,
         )
         if is_main():
             print(report)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +27,24 @@ from torch.utils.data import DataLoader, Dataset
 from advkit import checks
 from advkit._data import Progress, load_batches, model_device, resolve
 from advkit.attacks.base import Attack
-from advkit.attacks.compose import Ensemble, Sweep, name_attacks
+from advkit.attacks.compose import Ensemble, MultiTargeted, Sweep, name_attacks
 from advkit.attacks.oracle import Oracle
+from advkit.attacks.registry import by_class_name
 from advkit.attacks.task import Task
+from advkit.diagnostics import _SUMS as _SUM_KEYS
+from advkit.diagnostics import EVIDENCE_KEYS, Diagnosis, _Plan
 from advkit.distributed import (
     all_gather_rows,
     all_reduce_max,
     all_reduce_sum,
     collective_device,
+    is_main,
     rank_world,
 )
 from advkit.functional import KeyedGenerator
 from advkit.models import Classifier, model_guard, wrap
-from advkit.result import Part
+from advkit.objectives import Objective, cross_entropy, margin
+from advkit.result import Part, Verdict
 
 __all__ = ["AttackInfo", "RobustnessReport", "evaluate"]
 
@@ -108,6 +114,12 @@ class RobustnessReport:
         seconds: wall time of the evaluation (the slowest process).
         forward_passes: per attack, the number of batched forward passes of
             its calls, summed over batches and processes (a measure of its cost).
+        diagnosis: what the diagnostics found (`advkit.Diagnosis`: flags that
+            say when the figures cannot be believed, and what to do), or ``None``
+            when they were turned off.
+        verdict: the rule that decided success and the clean prediction
+            (`advkit.Verdict`; one forward pass unless the model is randomized
+            and more draws were asked for).
     """
 
     def __init__(
@@ -125,6 +137,8 @@ class RobustnessReport:
         world_size: int = 1,
         seconds: float = math.nan,
         forward_passes: Mapping[str, int] | None = None,
+        diagnosis: Diagnosis | None = None,
+        verdict: Verdict | None = None,
     ) -> None:
         self.norm = norm
         self.eps = tuple(float(e) for e in eps)
@@ -138,6 +152,14 @@ class RobustnessReport:
         self.world_size = world_size
         self.seconds = seconds
         self.forward_passes = dict(forward_passes or {})
+        self.diagnosis = diagnosis
+        self.verdict = verdict if verdict is not None else Verdict()
+
+    @property
+    def flags(self) -> tuple[Any, ...]:
+        """The diagnostics' flags (`advkit.Flag`), empty when none was raised or the
+        diagnostics did not run."""
+        return () if self.diagnosis is None else self.diagnosis.flags
 
     # ------------------------------------------------------------------ per sample
 
@@ -311,6 +333,10 @@ class RobustnessReport:
 
         Args:
             records: include the per-sample `records` (key ``"records"``).
+
+        The diagnostics are under ``"diagnostics"`` (`advkit.Diagnosis.to_dict`:
+        ``"flags"``, each with ``"name"``, ``"message"`` and ``"evidence"``; ``None``
+        when they were turned off), the verdict rule under ``"verdict"``.
         """
         alone: dict[str, list[float] | None] = {}
         for a in self.attacks:
@@ -340,6 +366,8 @@ class RobustnessReport:
             ],
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy(),
+            "verdict": {"draws": self.verdict.draws, "quorum": self.verdict.quorum},
+            "diagnostics": None if self.diagnosis is None else self.diagnosis.to_dict(),
         }
         if records:
             out["records"] = self.records()
@@ -399,6 +427,13 @@ class RobustnessReport:
         lines = [
             f"Robustness of {n} samples: norm {self.norm}, seed {self.seed}, {procs}, "
             f"{self.seconds:.1f} s{speed}",
+        ]
+        if self.verdict.draws > 1:
+            lines.append(
+                f"verdict over {self.verdict.draws} draws: success where more than "
+                f"{self.verdict.quorum:g} of them succeed"
+            )
+        lines += [
             f"clean accuracy: {100 * self.clean_accuracy:.2f}% ({int(self.correct.sum())}/{n})",
         ]
         heads = [f"eps={_format_eps(e)}" for e in self.eps]
@@ -422,6 +457,8 @@ class RobustnessReport:
                 "  " + f"{100 * v:.2f}%".rjust(w) for v, w in zip(vals, widths, strict=True)
             )
             lines.append(("  " + label).ljust(w0) + cells)
+        if self.diagnosis is not None:
+            lines.append(str(self.diagnosis))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -508,6 +545,9 @@ def evaluate(
     seed: int = 0,
     independent: bool = False,
     progress: bool | None = None,
+    diagnostics: bool = True,
+    diagnostic_samples: int = 64,
+    verdict: Verdict | int | None = None,
 ) -> RobustnessReport:
     r"""Clean and robust accuracy of ``model`` over a dataset, per attack and per eps.
 
@@ -538,12 +578,33 @@ def evaluate(
     (Attacks with batch-level decisions, like `CW`'s ``abort_early`` test on
     the batch's total loss, are the exception.)
 
+    Diagnostics (``diagnostics=True``, the default): `advkit.diagnose` runs on
+    the first ``diagnostic_samples`` samples of the dataset (dataset indices
+    ``0 .. diagnostic_samples - 1``) at the largest eps, with the objective of the
+    first gradient attack (the margin for a minimal-norm attack), and its
+    score-based check attacks the samples the evaluation's own attacks left
+    robust there. Each flag it raises (gradient masking, randomness,
+    probability outputs, ...) is shown with what to do in ``print(report)``, in
+    the JSON and in ``report.flags``, and a `advkit.DiagnosticWarning` says that
+    the figures may be wrong. It costs at most 175 passes of the model
+    per diagnosed sample, typically a few percent of an evaluation (see
+    `advkit.diagnose`).
+
+    Randomized models: ``verdict=advkit.Verdict(draws=K)`` (or ``verdict=K``)
+    decides the clean prediction and every attack's success over ``K`` forward
+    passes by a strict majority (see `advkit.Verdict`); give the attacks
+    ``eot=`` as well.
+
     Distributed: under ``torch.distributed`` (``torchrun``; NCCL or gloo) each
     rank evaluates its own contiguous shard of the dataset
     (`advkit.distributed.ShardSampler`: disjoint, nothing padded or repeated),
     the counts are summed with ``all_reduce``, the per-sample results of all
     ranks are gathered, and **every rank returns the same full report**; write
-    files from rank 0 only (`advkit.distributed.is_main`).
+    files from rank 0 only (`advkit.distributed.is_main`). The diagnostics run
+    on the diagnosed samples each rank holds (only rank 0 unless its shard is
+    smaller than ``diagnostic_samples``); their figures, all counts, are summed
+    over the ranks before the flags are decided, so every rank reports the
+    same flags, and the same as one process would.
 
     Args:
         model: a `Classifier` (`advkit.wrap`) or any ``nn.Module``
@@ -570,6 +631,12 @@ def evaluate(
             ``None``: shown when tqdm is installed and stderr is a terminal;
             ``True``: the same, but a missing tqdm raises; ``False``: never.
             Only rank 0 shows it, for its own shard.
+        diagnostics: run `advkit.diagnose` on the first samples and report its
+            flags (see above); ``False`` turns them off.
+        diagnostic_samples: how many samples (the first of the dataset) the
+            diagnostics look at.
+        verdict: how success is decided on a randomized model (see above);
+            default one forward pass.
 
     Returns:
         A `RobustnessReport`: ``print(report)`` for a table,
@@ -601,6 +668,24 @@ def evaluate(
     grid = _check_eps_grid(eps)
     norm = named[0][1].norm.name
     seed = int(seed)
+    rule = Verdict.of(verdict)
+    plan: _Plan | None = None
+    diagnosed = 0
+    gradient = _gradient_attacks(named)
+    if diagnostics:
+        diagnosed = checks.check_positive_int(diagnostic_samples, "diagnostic_samples")
+        plan = _Plan(
+            norm=named[0][1].norm,
+            eps=grid[-1],
+            objective=_objective_of(gradient),
+            checks_run=None,
+            steps=10,
+            queries=100,
+            directions=2,
+            seed=seed,
+            verdict=rule,
+            eot=bool(gradient) and all(a.eot > 1 for a in gradient),
+        )
     clf = model if isinstance(model, Classifier) else wrap(model)
     dev = torch.device(device) if device is not None else model_device(clf)
     source = resolve(
@@ -629,6 +714,8 @@ def evaluate(
         shared_seed=True,
     )
 
+    picked: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # the diagnosed samples
+    evidence: dict[str, float] = {}
     ids_parts: list[Tensor] = []
     label_parts: list[Tensor] = []
     pred_parts: list[Tensor] = []
@@ -648,7 +735,10 @@ def evaluate(
                 checks.check_inputs(x, clf.bounds)
                 with torch.no_grad():
                     logits = checks.check_logits(clf(x), b)
-                checks.check_labels(y, b, logits.shape[1])
+                    checks.check_labels(y, b, logits.shape[1])
+                    if rule.draws > 1:  # a randomized model: the clean prediction by the rule
+                        more = [checks.check_logits(clf(x), b) for _ in range(rule.draws - 1)]
+                        logits, _ = rule.choose(torch.stack([logits, *more]), y)
                 # a row with a NaN or infinite logit has no prediction (-1): never correct
                 pred = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
                 correct = pred == y
@@ -675,7 +765,7 @@ def evaluate(
                         generator=KeyedGenerator(seed, ids.index_select(0, idx)),
                         clean_logits=logits.index_select(0, idx),
                     )
-                    res = ensemble.solve(Oracle(clf), task)
+                    res = ensemble.solve(Oracle(clf, verdict=rule), task)
                     for part in res.parts:
                         passes[part.name] += part.result.forward_passes
                         _record(dists[part.name], idx.index_select(0, part.rows), part, level_of)
@@ -687,6 +777,22 @@ def evaluate(
                 pred_parts.append(pred)
                 if bar.bar is not None:
                     bar.update(_robust(correct, infos, dists, grid))
+                if plan is not None and int(ids.min()) < diagnosed:
+                    rows = (ids < diagnosed).nonzero().squeeze(1)
+                    robust = _robust(correct, infos, dists, grid)[:, -1]
+                    picked.append(
+                        (
+                            x.index_select(0, rows),
+                            y.index_select(0, rows),
+                            ids.index_select(0, rows),
+                            robust.index_select(0, rows),
+                        )
+                    )
+            if plan is not None and picked:  # this rank's diagnosed samples, if it has any
+                xs, ys, ids_d, robust_d = (torch.cat(ts) for ts in zip(*picked, strict=True))
+                # The score-based check attacks what the evaluation's gradient attacks left
+                # robust; with none among them (noise only), what its own APGD left.
+                evidence = plan.measure(clf, xs, ys, ids_d, robust_d if gradient else None)
     finally:
         bar.close()
 
@@ -738,7 +844,65 @@ def evaluate(
     full.world_size = world
     full.seconds = float(seconds)
     full.forward_passes = {i.name: int(c) for i, c in zip(infos, fw.tolist(), strict=True)}
+    full.verdict = rule
+    if plan is not None:
+        full.diagnosis = plan.judge(_reduce_evidence(evidence, dev))
+        if full.diagnosis.flags and is_main():
+            warnings.warn(
+                f"the evaluation's diagnostics raised {', '.join(full.diagnosis.names)}: its "
+                "figures may be wrong; print(report) says why and what to do.",
+                checks.DiagnosticWarning,
+                stacklevel=2,
+            )
     return full
+
+
+def _reduce_evidence(evidence: Mapping[str, float], dev: torch.device) -> dict[str, float]:
+    """The diagnostics' figures summed (counts) or maximised (the rest) over the ranks, so
+    that every rank decides the same flags."""
+    ev = {k: float(evidence.get(k, 0.0)) for k in EVIDENCE_KEYS}
+    if rank_world()[1] == 1:
+        return ev
+    sums = [k for k in EVIDENCE_KEYS if k in _SUM_KEYS]
+    maxes = [k for k in EVIDENCE_KEYS if k not in _SUM_KEYS]
+    a = torch.tensor([ev[k] for k in sums], dtype=torch.float64, device=_comm(dev))
+    b = torch.tensor([ev[k] for k in maxes], dtype=torch.float64, device=_comm(dev))
+    all_reduce_sum(a)
+    all_reduce_max(b)
+    ev.update(zip(sums, a.tolist(), strict=True))
+    ev.update(zip(maxes, b.tolist(), strict=True))
+    return ev
+
+
+def _gradient_attacks(named: Sequence[tuple[str, Attack]]) -> list[Attack]:
+    """The attacks of an evaluation that take input gradients, composites unwrapped, in order
+    (noise attacks take none)."""
+    entries = by_class_name()
+    out: list[Attack] = []
+
+    def walk(a: Attack) -> None:
+        if isinstance(a, (Sweep, MultiTargeted)):
+            walk(a.attack)
+        elif isinstance(a, Ensemble):
+            for _, m in a.members:
+                walk(m)
+        else:
+            entry = entries.get(type(a).__name__)
+            if entry is None or entry.cls is not type(a) or entry.kind != "noise":
+                out.append(a)
+
+    for _, a in named:
+        walk(a)
+    return out
+
+
+def _objective_of(attacks: Sequence[Attack]) -> Objective:
+    """The loss whose gradients the diagnostics check: that of the first gradient attack,
+    the margin for a minimal-norm one (DeepFool and CW climb logit differences), the
+    cross-entropy if there is none."""
+    if not attacks:
+        return cross_entropy
+    return margin if attacks[0].minimal else attacks[0].objective
 
 
 def _comm(dev: torch.device) -> torch.device:

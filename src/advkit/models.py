@@ -11,6 +11,8 @@
 `model_guard` puts a model in the state an attack needs (eval mode,
 parameters frozen) and restores it exactly afterwards, also when the attack
 raises.
+
+`BPDA` lets gradients through non-differentiable preprocessing inside a model.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch.nn.parameter import is_lazy
 
 from advkit.checks import ConfigError
 
-__all__ = ["Classifier", "OutputSpec", "model_guard", "wrap"]
+__all__ = ["BPDA", "Classifier", "OutputSpec", "model_guard", "wrap"]
 
 OutputSpec = str | int | Callable[[Any], Tensor] | None
 """How to get logits out of a module's output (see `wrap`)."""
@@ -281,3 +283,93 @@ def _restore_parameter(p: Tensor, requires_grad: bool, grad: Tensor | None) -> N
 
 def _restore_mode(m: nn.Module, mode: bool) -> None:
     m.training = mode
+
+
+class BPDA(nn.Module):
+    r"""Backward Pass Differentiable Approximation: ``fn`` on the way forward, the identity
+    (or the gradient of a differentiable ``approx``) on the way back.
+
+    Non-differentiable preprocessing inside a model (rounding, quantization,
+    JPEG compression, median filters, anything computed with NumPy or under
+    ``torch.no_grad()``) gives gradient attacks a zero or meaningless input
+    gradient, and with it a robust accuracy that means nothing (see
+    `advkit.diagnose`). Put the preprocessing inside ``BPDA`` and gradient
+    attacks see through it: the forward pass computes exactly ``fn(x)``, and
+    the backward pass treats it as the identity, $\partial\,\mathrm{fn}(x) /
+    \partial x \approx I$ (the straight-through estimator), or as
+    ``approx`` when one is given, $\partial\,\mathrm{fn}(x) / \partial x
+    \approx \partial\,\mathrm{approx}(x) / \partial x$ (Athalye et al.,
+    "Obfuscated Gradients Give a False Sense of Security", ICML 2018).
+
+    ``fn`` is called on a detached copy of the input, without autograd, so it
+    may be anything that maps a tensor to a tensor (it must not modify its
+    input in place). The identity backward needs ``fn(x)`` to have ``x``'s
+    shape; a preprocessing that changes the shape needs an ``approx`` with the
+    same output shape as ``fn``.
+
+    Args:
+        fn: the preprocessing, ``(B, ...) -> (B, ...)`` tensors.
+        approx: a differentiable function close to ``fn`` (e.g. a smooth
+            quantizer), whose gradient the backward pass uses; ``None``: the
+            identity.
+
+    Raises:
+        ConfigError: ``fn`` or ``approx`` is not callable; at the first call,
+            ``fn`` returned no floating-point tensor or one whose shape differs
+            from the input's (identity backward) or from ``approx``'s.
+
+    Examples:
+        >>> quantize = BPDA(lambda x: torch.round(x * 4) / 4)
+        >>> x = torch.tensor([0.1, 0.3, 0.9], requires_grad=True)
+        >>> y = quantize(x)
+        >>> y.detach().tolist()
+        [0.0, 0.25, 1.0]
+        >>> torch.autograd.grad(y.sum(), x)[0].tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(
+        self, fn: Callable[[Tensor], Tensor], approx: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise ConfigError(f"BPDA needs a callable fn, got {type(fn).__name__}.")
+        if approx is not None and not callable(approx):
+            raise ConfigError(
+                f"BPDA's approx must be callable or None, got {type(approx).__name__}."
+            )
+        self.fn = fn
+        self.approx = approx
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            out = self.fn(x.detach())
+        if not isinstance(out, Tensor) or not out.is_floating_point():
+            got = f"a {out.dtype} tensor" if isinstance(out, Tensor) else type(out).__name__
+            raise ConfigError(
+                f"BPDA's fn must return a floating-point tensor, got {got}; convert it, e.g. "
+                "return out.float()."
+            )
+        if self.approx is None:
+            surrogate = x
+        elif torch.is_grad_enabled() and x.requires_grad:
+            surrogate = self.approx(x)
+        else:  # no backward pass will follow: the approximation is not needed
+            return out
+        if surrogate.shape != out.shape:
+            which = "the input" if self.approx is None else "approx(x)"
+            fix = (
+                "give BPDA an approx with fn's output shape"
+                if self.approx is None
+                else "make approx return fn's output shape"
+            )
+            raise ConfigError(
+                f"BPDA's fn returned shape {tuple(out.shape)} but {which} has shape "
+                f"{tuple(surrogate.shape)}; the backward pass needs them equal: {fix}."
+            )
+        # The value of fn exactly (adding an exact zero), the gradient of the surrogate.
+        return out.to(surrogate.dtype) + (surrogate - surrogate.detach())
+
+    def extra_repr(self) -> str:
+        approx = "identity" if self.approx is None else getattr(self.approx, "__name__", "approx")
+        return f"fn={getattr(self.fn, '__name__', type(self.fn).__name__)}, backward={approx}"

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from advkit.checks import ConfigError
 
-__all__ = ["AttackResult", "Part", "is_success"]
+__all__ = ["AttackResult", "Part", "Verdict", "is_success"]
 
 
 def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -42,6 +42,90 @@ def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) ->
     if targets is None:
         return (pred != labels.to(pred.device)) & finite
     return (pred == targets.to(pred.device)) & finite
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How success is decided on a randomized model: over several forward passes.
+
+    One forward pass of a randomized model (input noise, random transformations,
+    dropout at inference) is one draw: a perturbation that fools one draw may
+    fail on the next, so a verdict from one draw inflates the attack's success
+    (and deflates robust accuracy). With ``Verdict(draws=K)`` the point an
+    attack returns is scored ``K`` times and the attack succeeds on a sample
+    only where **more than** ``quorum * K`` of the draws succeed (a strict
+    majority by default); a tie counts as a failure. Use an odd ``K``. The
+    result's ``logits`` are those of a draw that agrees with the verdict (the
+    first one), so that ``success`` is still `is_success` of ``logits``.
+
+    Pass it to an attack call (``attack(model, x, y, verdict=Verdict(draws=9))``
+    or ``verdict=9``) or to `advkit.evaluate` (which also decides the clean
+    prediction by the same rule). Each draw is one forward pass, counted in
+    the result's ``forward_passes``. Pair it with ``eot=K`` on the attack
+    (gradients averaged over draws): EOT makes the attack stronger, the
+    verdict makes its success honest.
+
+    Attributes:
+        draws: forward passes per verdict; 1 (the default) is one pass, as
+            for a deterministic model.
+        quorum: the fraction of draws that must be exceeded, in ``[0, 1)``:
+            0.5 (default) is a strict majority, 0 is "any draw" (the
+            one-lucky-draw rule, for comparison only).
+
+    Raises:
+        ConfigError: ``draws`` is not an integer >= 1, or ``quorum`` is not in ``[0, 1)``.
+
+    Examples:
+        >>> import torch
+        >>> ok = torch.tensor([[True, False], [True, True], [False, True]])  # 3 draws, 2 samples
+        >>> Verdict(draws=3).decide(ok).tolist(), Verdict(draws=3, quorum=0.7).decide(ok).tolist()
+        ([True, True], [False, False])
+    """
+
+    draws: int = 1
+    quorum: float = 0.5
+
+    def __post_init__(self) -> None:
+        draws: Any = self.draws  # checked as the caller gave it, whatever its annotation
+        if isinstance(draws, bool) or not isinstance(draws, numbers.Integral) or draws < 1:
+            raise ConfigError(f"Verdict draws must be an integer >= 1, got {draws!r}.")
+        q: Any = self.quorum
+        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) < 1.0:
+            raise ConfigError(
+                f"Verdict quorum must be a fraction in [0, 1) (0.5: a strict majority), got {q!r}."
+            )
+        object.__setattr__(self, "draws", int(draws))
+        object.__setattr__(self, "quorum", float(q))
+
+    @classmethod
+    def of(cls, spec: Verdict | int | None) -> Verdict:
+        """A verdict from ``None`` (one draw), a number of draws, or a `Verdict`."""
+        value: Any = spec  # checked as the caller gave it, whatever its annotation
+        if value is None:
+            return cls()
+        if isinstance(value, Verdict):
+            return value
+        if not isinstance(value, bool) and isinstance(value, numbers.Integral):
+            return cls(draws=int(value))
+        raise ConfigError(
+            f"verdict must be a number of draws or an advkit.Verdict, got {type(value).__name__}."
+        )
+
+    def decide(self, successes: Tensor) -> Tensor:
+        """``(B,)`` bool from ``(K, B)`` per-draw successes: more than ``quorum * K`` succeed."""
+        count = successes.to(torch.int64).sum(dim=0)
+        return count > self.quorum * successes.shape[0]
+
+    def choose(
+        self, draws: Tensor, labels: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The verdict on ``(K, B, C)`` logits of ``K`` draws: ``(logits, success)``, the
+        ``(B, C)`` logits of the first draw that agrees with the ``(B,)`` verdict."""
+        ok = torch.stack([is_success(z, labels, targets) for z in draws.unbind(0)])
+        success = self.decide(ok)
+        first = (ok == success.unsqueeze(0)).to(torch.int8).argmax(dim=0)
+        rows = torch.arange(draws.shape[1], device=draws.device)
+        return draws[first, rows], success
 
 
 def _scalar_eps(eps: Any) -> float | None:

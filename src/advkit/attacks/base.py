@@ -34,7 +34,7 @@ from advkit.functional import KeyedGenerator, RandomSource, Scalar, clip, exact_
 from advkit.models import Classifier, model_guard, wrap
 from advkit.norms import Norm, NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy
-from advkit.result import AttackResult
+from advkit.result import AttackResult, Verdict
 from advkit.targets import TargetMap
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "PrecisionSpec",
     "TargetSpec",
     "finish_minimal",
+    "score",
 ]
 
 TargetSpec = Tensor | TargetMap | None
@@ -163,6 +164,15 @@ class Attack(ABC):
             forward and backward passes, each counted (Expectation over
             Transformation, Athalye et al., "Synthesizing Robust Adversarial
             Examples", ICML 2018). Default 1.
+
+    Randomized models (noise, random transformations or dropout at inference)
+    need two things: ``eot=K`` here, so that each step follows the expected
+    gradient rather than one draw's, and a verdict over several draws in the
+    call (``verdict=advkit.Verdict(draws=K)``, or ``verdict=K``): the returned
+    point is scored ``K`` times and a sample counts as broken only where a
+    strict majority of the draws is fooled (the rule is configurable, see
+    `advkit.Verdict`), since one lucky draw inflates success.
+    `advkit.diagnose` tells whether a model is randomized.
     """
 
     minimal: bool = False
@@ -247,8 +257,9 @@ class Attack(ABC):
         in the inputs' dtype), scored on exactly that tensor.
 
         Logits handed over by ``run`` are used when they are a verdict: computed in
-        full precision on a deterministic model (not ``keep_mode``); otherwise one
-        forward pass scores ``x_adv``. A point that ``run`` left outside the ball or the
+        full precision on a deterministic model (not ``keep_mode``) and the call asked
+        for a one-draw verdict; otherwise `score` scores ``x_adv`` (one forward pass,
+        or ``verdict.draws`` of them). A point that ``run`` left outside the ball or the
         box is brought into it and re-scored. Minimal-norm attacks override this (see
         `MinNormAttack.finish`).
         """
@@ -260,8 +271,8 @@ class Attack(ABC):
             if not bool(inside.all()):  # run() broke the contract: repair and re-score
                 x_adv = torch.where(_rows(inside, x_adv), x_adv, task.region(x_adv))
                 logits = None
-        if logits is None or oracle.keep_mode or self.precision is not None:
-            logits = oracle.logits(x_adv)
+        if logits is None or _rescore(self, oracle):
+            logits = score(oracle, task, x_adv)
         return self._result(task, x_adv, logits.detach(), found)
 
     def _result(self, task: Task, x_adv: Tensor, logits: Tensor, found: Found) -> AttackResult:
@@ -315,6 +326,7 @@ class Attack(ABC):
         generator: torch.Generator | None = None,
         sample_ids: Tensor | None = None,
         keep_mode: bool = False,
+        verdict: Verdict | int | None = None,
     ) -> AttackResult:
         """Attack ``model`` on inputs ``x`` with labels ``y``.
 
@@ -340,6 +352,12 @@ class Attack(ABC):
             keep_mode: keep the model's train/eval mode instead of switching
                 to eval mode (e.g. adversarial training with train-mode BatchNorm).
                 Buffers are restored either way.
+            verdict: for a randomized model, how ``success`` is decided: an
+                `advkit.Verdict` or a number of draws ``K``. The returned
+                ``x_adv`` is scored by ``K`` forward passes and a sample counts
+                as broken only where more than half of them (the verdict's
+                ``quorum``) succeed, in every part of a composite attack. Default
+                (``None``): one pass, as for a deterministic model.
 
         Returns:
             The result of the attack, an `AttackResult`.
@@ -347,7 +365,7 @@ class Attack(ABC):
         Raises:
             InputError, BoundsError: bad inputs (not batched, NaN/Inf, outside bounds).
             LabelError: bad labels or targets.
-            ConfigError: bad eps or generator.
+            ConfigError: bad eps, generator or verdict.
             ModelOutputError: the model does not return ``(B, C)`` logits.
             ModelError: the model modified its input in place, or cannot run on
                 the inputs' dtype.
@@ -367,6 +385,7 @@ class Attack(ABC):
         if isinstance(budget, Tensor):
             budget = budget.detach().to(device=x.device).expand(batch).clone()
         checks.check_generator(generator, x.device)
+        rule = Verdict.of(verdict)
         if generator is None:
             generator = torch.Generator(device=x.device)
             generator.seed()
@@ -393,7 +412,7 @@ class Attack(ABC):
         if targets is not None:  # targets read before the first forward pass need one
             task._resolve = call_checks.force
         with model_guard(clf, keep_mode=keep_mode), _private_rng(x.device):
-            oracle = Oracle(clf, keep_mode=keep_mode, observer=call_checks)
+            oracle = Oracle(clf, keep_mode=keep_mode, observer=call_checks, verdict=rule)
             call_checks.oracle = oracle
             result = self.solve(oracle, task)
             call_checks.force()
@@ -439,14 +458,34 @@ def finish_minimal(attack: Attack, oracle: Oracle, task: Task, found: Found) -> 
     elif not bool(_inside_box(task, x_adv).all()):
         x_adv = clip(x_adv, task.bounds)
         logits = None
-    if logits is None or oracle.keep_mode or attack.precision is not None:
-        logits = oracle.logits(x_adv)
+    if logits is None or _rescore(attack, oracle):
+        logits = score(oracle, task, x_adv)
     result = attack._result(task, x_adv, logits.detach(), found)
     success = result.success
     clean = oracle.clean_logits(task)
     x_adv, logits = keep_best(~success, (result.x_adv, result.logits), (x0, clean))
     distance = torch.where(success, result.distance, math.inf)
     return dataclasses.replace(result, x_adv=x_adv, logits=logits, distance=distance)
+
+
+def _rescore(attack: Attack, oracle: Oracle) -> bool:
+    """Whether logits that ``run`` handed over may not serve as the verdict: the model may
+    be random (``keep_mode``), the call asked for a verdict over several draws, or the
+    attack ran in reduced precision."""
+    return oracle.keep_mode or oracle.verdict.draws > 1 or attack.precision is not None
+
+
+def score(oracle: Oracle, task: Task, x: Tensor) -> Tensor:
+    """The verdict's logits at ``x`` (a feasible point): one full-precision forward pass,
+    or, with ``oracle.verdict.draws = K > 1`` (a randomized model), ``K`` of them and the
+    logits of the first draw that agrees with the majority rule of `advkit.Verdict`, so
+    that ``task.success`` of the returned logits is the verdict."""
+    verdict = oracle.verdict
+    if verdict.draws == 1:
+        return oracle.logits(x)
+    draws = torch.stack([oracle.logits(x) for _ in range(verdict.draws)])
+    logits, _ = verdict.choose(draws, task.labels, task.goal)
+    return logits
 
 
 # ---------------------------------------------------------------------- helpers

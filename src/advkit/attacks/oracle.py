@@ -21,6 +21,7 @@ from torch import Tensor
 from advkit import checks
 from advkit.functional import work_dtype
 from advkit.models import Classifier
+from advkit.result import Verdict
 
 __all__ = ["CompileSpec", "Oracle", "PrecisionSpec"]
 
@@ -78,6 +79,9 @@ class Oracle:
             Athalye et al., "Synthesizing Robust Adversarial Examples", ICML
             2018): a randomized model's input gradient, objective and logits are
             the means over ``eot`` forward and backward passes, each counted.
+        verdict: how an attack's result is scored (`advkit.Verdict`): over
+            ``verdict.draws`` forward passes of a randomized model (the call's
+            ``verdict=``); shared by every view.
     """
 
     def __init__(
@@ -89,10 +93,12 @@ class Oracle:
         compile: CompileSpec = False,
         eot: int = 1,
         observer: Observer | None = None,
+        verdict: Verdict | None = None,
         _shared: _Shared | None = None,
     ) -> None:
         self.model = model
         self.keep_mode = keep_mode
+        self.verdict = verdict if verdict is not None else Verdict()
         self.precision: PrecisionSpec = None if precision == "fp32" else precision
         self.compile: CompileSpec = compile
         self.eot = eot
@@ -118,6 +124,7 @@ class Oracle:
             precision=precision,
             compile=compile,
             eot=eot,
+            verdict=self.verdict,
             _shared=self._shared,
         )
 
