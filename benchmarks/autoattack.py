@@ -104,7 +104,7 @@ def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Me
         settings += f", n_iter={args.steps}, n_queries={args.queries}"
     return base.Method(
         "autoattack",
-        "AutoAttack standard",
+        "standard",
         importlib.metadata.version("pyautoattack"),
         settings,
         run,
@@ -127,7 +127,7 @@ def torchattacks_method(
 
     return base.Method(
         "torchattacks",
-        "AutoAttack standard",
+        "standard",
         torchattacks.__version__,
         f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version='standard', n_classes={classes})",
         run,
@@ -193,7 +193,7 @@ def measure(
             f"{r.seconds:7.1f} s" + ("" if feasible else "  INFEASIBLE"),
             flush=True,
         )
-    ref = robust_of.get("AutoAttack AutoAttack standard")
+    ref = robust_of.get("AutoAttack standard")
     for row in rows:
         if row["library"] == "advkit" and ref is not None:
             mine = robust_of[row["method"]]
@@ -247,7 +247,7 @@ def throughput_run(args: argparse.Namespace, device: torch.device) -> list[dict[
             f"{100 * row['robust_accuracy']:5.1f}%",
             flush=True,
         )
-    ref = next((r for r in out if r["method"].startswith("AutoAttack ")), None)
+    ref = next((r for r in out if r["method"] == "AutoAttack standard"), None)
     for row in out:
         if ref is not None:
             row["speedup_vs_reference"] = row["images_per_s"] / ref["images_per_s"]
@@ -273,7 +273,7 @@ def markdown(record: dict[str, Any]) -> str:
             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for g in record["configs"]:
-            std = next((r for r in g["rows"] if r["method"] == "advkit AutoAttack standard"), None)
+            std = next((r for r in g["rows"] if r["method"] == "advkit standard"), None)
             total_std = std and std["forward_per_sample"] + std["backward_per_sample"]
             for r in g["rows"]:
                 total = r["forward_per_sample"] + r["backward_per_sample"]
