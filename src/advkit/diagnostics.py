@@ -50,7 +50,6 @@ the same flags (`advkit.evaluate` under ``torchrun``).
 
 from __future__ import annotations
 
-import inspect
 import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +64,7 @@ from advkit import functional as F
 from advkit.attacks.apgd import APGD
 from advkit.attacks.base import Attack, Found
 from advkit.attacks.oracle import Oracle
+from advkit.attacks.square import Square
 from advkit.attacks.task import Task
 from advkit.attacks.tracking import BestByObjective
 from advkit.functional import KeyedGenerator
@@ -321,20 +321,10 @@ class _RandomSearch(Attack):
 
 
 def _score_attack(norm: Norm, queries: int) -> tuple[Attack, str]:
-    """`advkit.Square` with ``queries`` queries where advkit has it and it supports the
-    norm, else this module's random search."""
-    from advkit import attacks
-
-    square = getattr(attacks, "Square", None)
-    if square is not None:
-        params = inspect.signature(square).parameters
-        budget = next((k for k in ("queries", "n_queries", "max_queries") if k in params), None)
-        try:
-            attack = square(norm=norm, **({budget: queries} if budget else {}))
-        except (checks.ConfigError, TypeError):
-            pass
-        else:
-            return attack, "Square"
+    """`advkit.Square` with ``queries`` queries (Linf, L2), else this module's random search
+    (L1 and other norms)."""
+    if norm.name in ("linf", "l2"):
+        return Square(norm=norm, queries=queries), "Square"
     return _RandomSearch(norm=norm, queries=queries), "random search"
 
 
@@ -554,6 +544,8 @@ def _budgets(
         return
     sub = task.subset(rows)
     sub = sub.using(eps=s.eps, generator=_fresh(sub.generator))
+    if isinstance(score_attack, Square) and task.x0.ndim > 4:  # Square: images, signals, vectors
+        score_attack = _RandomSearch(norm=task.norm, queries=score_attack.queries)
     ev["score_broken"] = float(score_attack.solve(oracle, sub).success.sum())
 
 
