@@ -80,9 +80,7 @@ def advkit_method(version: str, norm: str, eps: float, args: argparse.Namespace)
         res: advkit.AttackResult = attack(model, x, y, generator=gen)
         return res
 
-    return base.Method(
-        "advkit", f"AutoAttack {version}", advkit.__version__, repr(attack), run, (0,)
-    )
+    return base.Method("advkit", version, advkit.__version__, repr(attack), run, (0,))
 
 
 def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Method:
@@ -325,6 +323,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--tag", default=None)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only re-render the README block of a results file",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models = args.models or list(base.QUICK_MODELS)
@@ -350,6 +354,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cli = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(cli)
+    if args.render is not None:
+        record = json.loads(args.render.read_text())
+        for g in record["configs"]:  # rows of older runs were named "advkit AutoAttack <version>"
+            for r in g["rows"]:
+                r["method"] = r["method"].replace("advkit AutoAttack ", "advkit ")
+        device = record["device"] + (f"-{args.tag}" if args.tag else "")
+        throughput.update_readme(DEFAULT_README, device, markdown(record), script="autoattack.py")
+        return record
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
