@@ -252,6 +252,31 @@ def throughput_run(args: argparse.Namespace, device: torch.device) -> list[dict[
     return out
 
 
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the rows of ``new`` (a rerun of some methods) put in place."""
+    by_label = {g["label"]: g for g in old["configs"]}
+    for g in old["configs"]:  # rows of older runs were named "advkit AutoAttack <version>"
+        for r in g["rows"]:
+            r["method"] = r["method"].replace("advkit AutoAttack ", "advkit ")
+    for g in new["configs"]:
+        if g["label"] not in by_label:
+            old["configs"].append(g)
+            continue
+        rows = by_label[g["label"]]["rows"]
+        for r in g["rows"]:
+            at = next((i for i, o in enumerate(rows) if o["method"] == r["method"]), None)
+            if at is None:
+                rows.insert(0, r)
+            else:
+                rows[at] = r
+    old["command"] += " + " + new["command"]
+    old["elapsed_s"] += new["elapsed_s"]
+    old.setdefault("updates", []).append(
+        {"command": new["command"], "date": new["date"], "machine": new["machine"]}
+    )
+    return old
+
+
 def markdown(record: dict[str, Any]) -> str:
     mi = record["machine"]
     s = record["settings"]
@@ -323,6 +348,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--tag", default=None)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument(
+        "--update",
+        type=Path,
+        default=None,
+        help="merge this run's rows into a results file (same model, norm and eps; a row of "
+        "the same method is replaced) and render that file",
+    )
     p.add_argument(
         "--render",
         type=Path,
@@ -411,9 +443,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.throughput:
         record["throughput"] = throughput_run(args, device)
     record["elapsed_s"] = time.perf_counter() - t0
+    if args.update is not None:
+        record = merged(json.loads(args.update.read_text()), record)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
-    path = args.results_dir / f"autoattack-{device.type}{tag}-{dt.date.today():%Y%m%d}.json"
+    path = args.update or (
+        args.results_dir / f"autoattack-{device.type}{tag}-{dt.date.today():%Y%m%d}.json"
+    )
     path.write_text(json.dumps(record, indent=1) + "\n")
     block = markdown(record)
     print("\n" + block + "\n")

@@ -62,7 +62,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("fast", "linf"): {
         "apgd-ce": APGD_CE,
-        "apgd-t": {**APGD_T, "targets": 3},
+        "apgd-t": {**APGD_T, "targets": 5},
     },
 }
 

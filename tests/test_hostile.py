@@ -173,6 +173,21 @@ def test_cw_refuses_an_unbounded_box() -> None:
     assert bool(res.success.all())
 
 
+@pytest.mark.parametrize("half_width", [1e30, 1e4])
+def test_cw_refuses_a_box_far_wider_than_its_inputs(half_width: float) -> None:
+    """Bounds standing in for "unbounded" (inputs in [-1, 1], box +-1e30 or +-1e4): CW's
+    steps are sized to the box and its distances blow up (every sample "not found" at 1e30,
+    60x the minimum at 1e4), so it refuses, naming the fix; a box 10x wider still runs."""
+    torch.manual_seed(0)
+    net = nn.Linear(6, 3)
+    x = torch.rand(8, 6) * 2 - 1
+    y = net(x).argmax(1)
+    with pytest.raises(checks.ConfigError, match="times wider than the inputs' range"):
+        advkit.CW(steps=3)(advkit.wrap(net, bounds=(-half_width, half_width)), x, y)
+    res = advkit.CW(steps=20)(advkit.wrap(net, bounds=(-10.0, 10.0)), x, y)
+    assert bool(res.success.all())
+
+
 def test_cw_is_invariant_to_an_affine_change_of_the_input_range() -> None:
     """The same affine model on [0, 1] and on [-10, 10] (composed with the map between the
     two): CW's distances scale with the box, 20x, and stay at the exact minimum."""

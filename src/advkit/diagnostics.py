@@ -285,17 +285,17 @@ class _RandomSearch(Attack):
 
     def run(self, oracle: Oracle, task: Task) -> Found:
         x0, norm, region, gen = task.x0, task.norm, task.region, task.generator
-        wd = torch.promote_types(x0.dtype, torch.float32)
+        work = F.work_dtype(x0.dtype)
         shape = tuple(x0.shape)
         eps = task.budget()
-        e = F._per_sample(eps, x0, wd)
-        base = x0.to(wd)
+        e = F._per_sample(eps, x0, work)
+        base = x0.to(work)
         clean = oracle.clean_logits(task)
         best = BestByObjective()
         best.consider(x0, clean, task.loss(clean), task.success(clean))
 
         def direction() -> Tensor:
-            return norm.direction(F.randn(shape, gen, device=x0.device, dtype=wd))
+            return norm.direction(F.randn(shape, gen, device=x0.device, dtype=work))
 
         current = region(base + e * direction())
         logits = oracle.logits(current)
@@ -306,10 +306,10 @@ class _RandomSearch(Attack):
         for q in range(1, self.queries):
             scale = 0.5 ** (q // quarter)
             if linf:
-                resample = F.rand(shape, gen, device=x0.device, dtype=wd) < 0.1 * scale
-                proposal = torch.where(resample, base + e * direction(), current.to(wd))
+                resample = F.rand(shape, gen, device=x0.device, dtype=work) < 0.1 * scale
+                proposal = torch.where(resample, base + e * direction(), current.to(work))
             else:
-                proposal = current.to(wd) + (0.5 * scale) * e * direction()
+                proposal = current.to(work) + (0.5 * scale) * e * direction()
             proposal = region(proposal)
             logits_p = oracle.logits(proposal)
             value_p = task.loss(logits_p)
@@ -460,7 +460,7 @@ def _runner_up_margin(logits: Tensor, labels: Tensor, dtype: torch.dtype) -> Cal
 def _saturated(oracle: Oracle, task: Task, clean: Tensor) -> float:
     """How many of these samples (whose loss has a zero input gradient) have a logit margin
     whose input gradient is not zero: the loss saturates, the model is differentiable."""
-    fn = _runner_up_margin(clean, task.labels, torch.promote_types(clean.dtype, torch.float32))
+    fn = _runner_up_margin(clean, task.labels, F.work_dtype(clean.dtype))
     _, grad, _ = oracle.value_and_grad(task.x0, fn)
     return float((grad.flatten(1).abs().amax(dim=1) >= torch.finfo(grad.dtype).tiny).sum())
 
@@ -472,28 +472,28 @@ def _finite_differences(
     along ``directions`` random directions of length ``FD_STEP * eps`` (in the norm), at the
     clean input moved into the box by the largest coordinate of the steps."""
     x0, y, gen = task.x0, task.labels, task.generator
-    wd = torch.promote_types(x0.dtype, torch.float32)
+    work = F.work_dtype(x0.dtype)
     shape = tuple(x0.shape)
-    margin_of = _runner_up_margin(clean, y, wd)
+    margin_of = _runner_up_margin(clean, y, work)
 
     lo, hi = float(task.bounds[0]), float(task.bounds[1])
     h = FD_STEP * s.eps
     steps = []
     for _ in range(s.directions):  # dense random signs, of norm h in the threat norm
-        signs = (F.rand(shape, gen, device=x0.device, dtype=wd) < 0.5).to(wd) * 2 - 1
+        signs = (F.rand(shape, gen, device=x0.device, dtype=work) < 0.5).to(work) * 2 - 1
         steps.append(signs * F.batch_view(h / s.norm.measure(signs), x0.ndim))
     reach = torch.stack([d.flatten(1).abs().amax(dim=1) for d in steps]).amax(dim=0)
     # Keep x +- d inside the box: a model may clamp or quantize differently outside it.
     room = F.batch_view(reach.clamp_max((hi - lo) / 2), x0.ndim)
-    center = torch.minimum(torch.maximum(x0.to(wd), lo + room), hi - room).to(x0.dtype)
+    center = torch.minimum(torch.maximum(x0.to(work), lo + room), hi - room).to(x0.dtype)
     _, grad, z = oracle.value_and_grad(center, margin_of)
-    floor = FD_FLOOR * z.abs().flatten(1).amax(dim=1).to(wd)
+    floor = FD_FLOOR * z.abs().flatten(1).amax(dim=1).to(work)
     trials = disagree = 0.0
     for d in steps:
-        up = margin_of(oracle.logits((center.to(wd) + d).to(x0.dtype)))
-        down = margin_of(oracle.logits((center.to(wd) - d).to(x0.dtype)))
+        up = margin_of(oracle.logits((center.to(work) + d).to(x0.dtype)))
+        down = margin_of(oracle.logits((center.to(work) - d).to(x0.dtype)))
         measured = up - down
-        predicted = 2 * (grad.to(wd) * d).flatten(1).sum(dim=1)
+        predicted = 2 * (grad.to(work) * d).flatten(1).sum(dim=1)
         size = torch.maximum(measured.abs(), predicted.abs())
         informative = torch.isfinite(measured) & torch.isfinite(predicted) & (size > floor)
         off = (measured - predicted).abs() > 0.5 * (measured.abs() + predicted.abs())

@@ -552,19 +552,19 @@ def _hyperplane_problem(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, torch.dtype]:
     """The reduced problem: ``(a, room, need, direction, work dtype)``, each ``(B, d)``
     but ``need`` ``(B,)``; ``room`` is 0 where ``a`` is 0 (the coordinate never moves)."""
-    wd = torch.promote_types(work_dtype(x.dtype), work_dtype(w.dtype))
-    t = x.to(wd).flatten(1)
-    u = w.to(wd).flatten(1)
-    offset = _per_sample(b, x, wd).reshape(-1)
+    work = torch.promote_types(work_dtype(x.dtype), work_dtype(w.dtype))
+    t = x.to(work).flatten(1)
+    u = w.to(work).flatten(1)
+    offset = _per_sample(b, x, work).reshape(-1)
     c = (u * t).sum(dim=1) - offset
-    side = torch.where(c >= 0, 1.0, -1.0).to(wd).unsqueeze(1)
+    side = torch.where(c >= 0, 1.0, -1.0).to(work).unsqueeze(1)
     down = side * u > 0  # lowering this coordinate brings the point towards the hyperplane
     lo, hi = float(bounds[0]), float(bounds[1])
     room = torch.where(down, t - lo, hi - t).clamp_min(0)
     a = u.abs()
     room = torch.where(a > 0, room, torch.zeros_like(room))
     direction = -(side * u).sign()
-    return a, room, c.abs(), direction, wd
+    return a, room, c.abs(), direction, work
 
 
 def _level(kappa: Tensor, full: Tensor, slope: Tensor, need: Tensor) -> Tensor:

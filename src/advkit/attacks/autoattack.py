@@ -118,7 +118,7 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
     # fast: see the class docstring for the measurements behind it.
     return {
         "apgd-ce": b.apgd(cross_entropy, large_eps=l1),
-        "apgd-t": b.apgd_t(num_targets or 3, large_eps=l1),
+        "apgd-t": b.apgd_t(num_targets or 5, large_eps=l1),
     }
 
 
@@ -148,7 +148,7 @@ class AutoAttack(Ensemble):
                  each step's gradient averaged over 20 draws of the model's
                  randomness (``eot=20``).
     fast         advkit's own: ``apgd-ce`` (1 restart) then ``apgd-t`` towards the
-                 top 3 other classes (L1: both with the large-eps schedule).
+                 top 5 other classes (L1: both with the large-eps schedule).
     ===========  =====================================================================
 
     Where advkit departs from the reference:

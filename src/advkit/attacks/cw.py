@@ -20,6 +20,11 @@ from advkit.objectives import margin
 __all__ = ["CW"]
 
 
+_WIDEST_BOX = 100.0
+"""The widest input box CW accepts, as a multiple of the inputs' own range (beyond it, its
+distances grow: 1.5x the minimum at 1000x on an affine model, 60x at 10^4x)."""
+
+
 class CW(MinNormAttack):
     r"""Carlini & Wagner's L2 attack ("Towards Evaluating the Robustness of Neural
     Networks", IEEE S&P 2017), batched, targeted and untargeted.
@@ -124,6 +129,18 @@ class CW(MinNormAttack):
         work = F.work_dtype(x0.dtype)
         dev = x0.device
         width = hi - lo
+        # Adam's steps are sized to the box in tanh space: a box far wider than the inputs
+        # (bounds standing in for "unbounded") leaves them no resolution. One host sync.
+        spread = x0.to(work)
+        scale = float(torch.maximum(spread.amax() - spread.amin(), spread.abs().amax()))
+        if scale > 0 and width > _WIDEST_BOX * scale:
+            raise checks.ConfigError(
+                f"CW's tanh change of variables is sized to the input box ({lo}, {hi}), which "
+                f"is {width / scale:.3g} times wider than the inputs' range; its steps cannot "
+                "resolve perturbations of the inputs' size. Wrap the model with the real range "
+                "of its inputs, advkit.wrap(model, bounds=(low, high)), or use DeepFool or PGD, "
+                "which work without bounds."
+            )
         base = x0.to(work)
         # tanh-space start: atanh of the input scaled to (-1, 1), shrunk so that bounds stay finite.
         w_max = math.atanh(1 - 1e-6)

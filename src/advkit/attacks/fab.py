@@ -181,7 +181,7 @@ class FAB(MinNormAttack):
         sub = task if active.rows is None else task.subset(active.rows)
         (x,) = active.take(start)
         x0 = sub.x0
-        wd = torch.promote_types(x0.dtype, torch.float32)
+        work = F.work_dtype(x0.dtype)
         lo, hi = F.inner_bounds((float(bounds[0]), float(bounds[1])), x0.dtype)
         # The logits of a gradient pass are a verdict only in full precision.
         free_check = self.precision is None
@@ -202,32 +202,32 @@ class FAB(MinNormAttack):
             if free_check and step > 0:  # the point stepped back to may be adversarial too
                 ok = sub.success(logits)
                 best.consider(x, logits, ok, norm.measure(x - x0), rows)
-            x_new = self._step(x, x0, value, normal, task, wd).clamp(lo, hi)
+            x_new = self._step(x, x0, value, normal, task, work).clamp(lo, hi)
             logits = oracle.logits(x_new)
             ok = sub.success(logits)
             best.consider(x_new, logits, ok, norm.measure(x_new - x0), rows)
-            back = (x0.to(wd) + self.beta * (x_new.to(wd) - x0.to(wd))).to(x0.dtype)
+            back = (x0.to(work) + self.beta * (x_new.to(work) - x0.to(work))).to(x0.dtype)
             x = torch.where(F.batch_view(ok, x.ndim), back.clamp(lo, hi), x_new)
 
     def _step(
-        self, x: Tensor, x0: Tensor, value: Tensor, normal: Tensor, task: Task, wd: torch.dtype
+        self, x: Tensor, x0: Tensor, value: Tensor, normal: Tensor, task: Task, work: torch.dtype
     ) -> Tensor:
         """The biased, overshot step towards the projections of ``x`` and ``x0`` onto the
         linearized boundary ``value + <normal, z - x> = 0`` within the box; in ``x0``'s dtype,
         before clipping."""
         norm = task.norm
         n = x.shape[0]
-        normal = normal.to(wd)
-        offset = (normal * x.to(wd)).flatten(1).sum(dim=1) - value.to(wd)
+        normal = normal.to(work)
+        offset = (normal * x.to(work)).flatten(1).sum(dim=1) - value.to(work)
         steps = norm.hyperplane_project(
             torch.cat([x, x0]), torch.cat([normal, normal]), offset.repeat(2), task.bounds
-        ).to(wd)
+        ).to(work)
         d, d0 = steps[:n], steps[n:]
         a = norm.measure(d).clamp_min(1e-8)
         a0 = norm.measure(d0).clamp_min(1e-8)
-        alpha = F.batch_view((a / (a + a0)).clamp(0.0, self.alpha_max), x.ndim).to(wd)
+        alpha = F.batch_view((a / (a + a0)).clamp(0.0, self.alpha_max), x.ndim).to(work)
         eta = self.eta
-        out = (1 - alpha) * (x.to(wd) + eta * d) + alpha * (x0.to(wd) + eta * d0)
+        out = (1 - alpha) * (x.to(work) + eta * d) + alpha * (x0.to(work) + eta * d0)
         return out.to(x0.dtype)
 
     # ------------------------------------------------------------------ the boundaries
@@ -242,10 +242,10 @@ class FAB(MinNormAttack):
         c = task.clean_logits.shape[1]
         classes = (labels.unsqueeze(1) + torch.arange(c, device=labels.device)) % c  # label first
         logits, grads = oracle.class_gradients(x, classes, relative=True)  # (C - 1, B, ...)
-        wd = torch.promote_types(grads.dtype, torch.float32)
-        f = logits.gather(1, classes).to(wd)
+        work = F.work_dtype(grads.dtype)
+        f = logits.gather(1, classes).to(work)
         gaps = f[:, 1:] - f[:, :1]  # (B, C - 1), < 0 while the label wins
-        slopes = task.norm.dual_measure(grads.flatten(0, 1)).reshape(c - 1, b).T.to(wd)
+        slopes = task.norm.dual_measure(grads.flatten(0, 1)).reshape(c - 1, b).T.to(work)
         pick = (gaps.abs() / (slopes + 1e-12)).argmin(dim=1)
         value = gaps.gather(1, pick.unsqueeze(1)).squeeze(1)
         normal = grads[pick, torch.arange(b, device=pick.device)]
@@ -273,28 +273,28 @@ class FAB(MinNormAttack):
         """Random points at distance ``min(best distance, r) / 2`` of the clean inputs (see the
         class docstring), clipped to the box; for the whole batch."""
         x0, norm = task.x0, task.norm
-        wd = torch.promote_types(x0.dtype, torch.float32)
+        work = F.work_dtype(x0.dtype)
         lo, hi = float(task.bounds[0]), float(task.bounds[1])
         if task.eps is not None:
-            cap = _per_sample(task.eps, x0).to(wd)
+            cap = _per_sample(task.eps, x0).to(work)
         else:
             width = hi - lo if math.isfinite(hi - lo) else 1.0
             r = _RESTART_RADIUS.get(norm.name, 1.0) * width
-            cap = torch.full((x0.shape[0],), r, dtype=wd, device=x0.device)
-        radius = torch.minimum(best.distance.to(wd), cap) / 2
-        u = norm.sample(x0, 1.0, generator=task.generator).to(wd)
-        scale = radius / norm.measure(u).to(wd).clamp_min(torch.finfo(wd).tiny)
-        start = x0.to(wd) + u * F.batch_view(scale, x0.ndim)
+            cap = torch.full((x0.shape[0],), r, dtype=work, device=x0.device)
+        radius = torch.minimum(best.distance.to(work), cap) / 2
+        u = norm.sample(x0, 1.0, generator=task.generator).to(work)
+        scale = radius / norm.measure(u).to(work).clamp_min(torch.finfo(work).tiny)
+        start = x0.to(work) + u * F.batch_view(scale, x0.ndim)
         inner = F.inner_bounds((lo, hi), x0.dtype)
         return start.to(x0.dtype).clamp(*inner)
 
 
 def _per_sample(eps: F.Scalar, x0: Tensor) -> Tensor:
     """The budget as a ``(B,)`` float64 tensor (float32 on MPS), like the tracked distances."""
-    wd = torch.float32 if x0.device.type == "mps" else torch.float64
+    exact = torch.float32 if x0.device.type == "mps" else torch.float64
     if isinstance(eps, Tensor):
-        return eps.to(device=x0.device, dtype=wd).expand(x0.shape[0])
-    return torch.full((x0.shape[0],), float(eps), dtype=wd, device=x0.device)
+        return eps.to(device=x0.device, dtype=exact).expand(x0.shape[0])
+    return torch.full((x0.shape[0],), float(eps), dtype=exact, device=x0.device)
 
 
 def _check_real(

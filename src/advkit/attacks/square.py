@@ -233,13 +233,13 @@ class _L2Search(_Search):
 
     def constants(self, task: Task) -> dict[str, Any]:
         x0 = task.x0
-        wd = torch.promote_types(x0.dtype, torch.float32)
+        work = F.work_dtype(x0.dtype)
         eps = task.budget()
         if isinstance(eps, Tensor):
-            e = eps.to(device=x0.device, dtype=wd).expand(task.batch_size)
+            e = eps.to(device=x0.device, dtype=work).expand(task.batch_size)
         else:
-            e = torch.full((task.batch_size,), float(eps), dtype=wd, device=x0.device)
-        return {"x0": self.flat(x0.to(wd)), "eps": e.reshape(-1, 1, 1), "region": task.region}
+            e = torch.full((task.batch_size,), float(eps), dtype=work, device=x0.device)
+        return {"x0": self.flat(x0.to(work)), "eps": e.reshape(-1, 1, 1), "region": task.region}
 
     def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
         """A grid of bumps (about 5 x 5 over the image), each with a random orientation and a
@@ -278,8 +278,8 @@ class _L2Search(_Search):
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
         x0, eps, sides = const["x0"], const["eps"], d["sides"]
-        wd = x0.dtype
-        delta = self.flat(x).to(wd) - x0
+        work = x0.dtype
+        delta = self.flat(x).to(work) - x0
         total = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True) ** 2  # squared norms
         first, second = d["corner"], d["corner2"]
         i1 = _window_index(first, sides, self.w).expand(-1, self.c, -1)
@@ -296,8 +296,8 @@ class _L2Search(_Search):
         # The new window: a bump (per sample orientation, per channel sign) plus the old
         # window's direction, carrying the mass of both windows plus an equal share per
         # channel of what the budget has left.
-        bump = _patterns(sides[0], sides[1], wd, x.device).flatten(1)[d["turn"]].unsqueeze(1)
-        sign = (d["sign"].to(wd) * 2 - 1).unsqueeze(2)
+        bump = _patterns(sides[0], sides[1], work, x.device).flatten(1)[d["turn"]].unsqueeze(1)
+        sign = (d["sign"].to(work) * 2 - 1).unsqueeze(2)
         new = bump * sign + d1 / mass1.sqrt().clamp_min(1e-12)
         room = (eps**2 - total).clamp_min(0) / self.c + mass
         length = torch.linalg.vector_norm(new, dim=2, keepdim=True)
