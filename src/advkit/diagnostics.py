@@ -31,8 +31,8 @@ unless said otherwise:
   by the reference gradient attack at ``eps`` but not at a larger budget.
 * ``unbounded_not_broken``: at a budget that reaches the whole input box, the
   reference gradient attack leaves more than 10% of the samples robust.
-* ``gradient_free_stronger``: a score-based attack (`advkit.Square` where it
-  exists, else the random search of this module) breaks more than 5% (and at
+* ``gradient_free_stronger``: a score-based attack (`advkit.Square` in Linf and
+  L2, else the random search of this module) breaks more than 5% (and at
   least 2) of the samples the gradient attacks left robust at ``eps``.
 
 The reference gradient attack is APGD (``steps=10`` by default, from the
