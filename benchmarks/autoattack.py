@@ -83,12 +83,14 @@ def advkit_method(version: str, norm: str, eps: float, args: argparse.Namespace)
     return base.Method("advkit", version, advkit.__version__, repr(attack), run, (0,))
 
 
-def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Method:
+def reference_method(
+    norm: str, eps: float, args: argparse.Namespace, version: str = "standard"
+) -> base.Method:
     from pyautoattack import AutoAttack
 
     def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Tensor:
         aa = AutoAttack(
-            model, norm=NAMES[norm], eps=eps, version="standard", seed=seed, device=x.device
+            model, norm=NAMES[norm], eps=eps, version=version, seed=seed, device=x.device
         )
         for member in (aa.apgd, aa.apgd_targeted, aa.fab):
             member.n_iter = args.steps
@@ -97,12 +99,12 @@ def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Me
             out = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
         return out[0] if isinstance(out, tuple) else out  # 0.2 returns (x_adv, y_adv)
 
-    settings = f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version='standard')"
+    settings = f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version={version!r})"
     if args.steps != 100 or args.queries != 5000:
         settings += f", n_iter={args.steps}, n_queries={args.queries}"
     return base.Method(
         "autoattack",
-        "standard",
+        version,
         importlib.metadata.version("pyautoattack"),
         settings,
         run,
@@ -111,13 +113,13 @@ def reference_method(norm: str, eps: float, args: argparse.Namespace) -> base.Me
 
 
 def torchattacks_method(
-    norm: str, eps: float, classes: int, args: argparse.Namespace
+    norm: str, eps: float, classes: int, args: argparse.Namespace, version: str = "standard"
 ) -> base.Method:
     import torchattacks
 
     def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Tensor:
         aa = torchattacks.AutoAttack(
-            model, norm=NAMES[norm], eps=eps, version="standard", n_classes=classes, seed=seed
+            model, norm=NAMES[norm], eps=eps, version=version, n_classes=classes, seed=seed
         )
         with base._own_rng(seed):
             out: Tensor = aa(x, y)
@@ -125,12 +127,48 @@ def torchattacks_method(
 
     return base.Method(
         "torchattacks",
-        "standard",
+        version,
         torchattacks.__version__,
-        f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version='standard', n_classes={classes})",
+        f"AutoAttack(norm={NAMES[norm]!r}, eps={eps:g}, version={version!r}, n_classes={classes})",
         run,
         (args.peer_seed,),
     )
+
+
+class Noisy(nn.Module):
+    """A randomized defence: Gaussian noise of std ``sigma`` on the input at every forward
+    pass (drawn from the model's own generator, never the global RNG)."""
+
+    def __init__(self, model: nn.Module, sigma: float) -> None:
+        super().__init__()
+        self.model, self.sigma = model, sigma
+        self.gen = torch.Generator().manual_seed(1234)
+
+    def forward(self, x: Tensor) -> Tensor:
+        noise = torch.randn(x.shape, generator=self.gen).to(x.device, x.dtype)
+        out: Tensor = self.model(x + self.sigma * noise)
+        return out
+
+
+DRAWS = 9
+
+
+@torch.no_grad()
+def majority(model: nn.Module, x: Tensor) -> Tensor:
+    """The class a strict majority of ``DRAWS`` forward passes gives (-1: none)."""
+    votes = torch.stack([model(x).argmax(1) for _ in range(DRAWS)])
+    counts = torch.nn.functional.one_hot(votes).sum(0)
+    top = counts.max(1)
+    return torch.where(top.values > DRAWS // 2, top.indices, -1)
+
+
+def _keeping(run: base.RunFn, returned: dict[str, Tensor]) -> base.RunFn:
+    def wrapped(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> Any:
+        out = run(model, x, y, seed)
+        returned["x_adv"] = out.x_adv if isinstance(out, advkit.AttackResult) else out
+        return out
+
+    return wrapped
 
 
 def measure(
@@ -145,21 +183,25 @@ def measure(
 ) -> dict[str, Any]:
     with torch.no_grad():
         logits = model(x)
-    clean_ok = logits.argmax(1) == y
+    clean_ok = (majority(model, x) if args.noise else logits.argmax(1)) == y
     classes = logits.shape[1]
     methods = [advkit_method(v, norm, eps, args) for v in args.versions]
     errors: dict[str, str] = {}
     for peer in args.peers:
-        try:
-            if peer == "autoattack":
-                methods.append(reference_method(norm, eps, args))
-            elif norm != "l1":
-                methods.append(torchattacks_method(norm, eps, classes, args))
-        except Exception as err:  # a peer that does not import: skipped, never fatal
-            errors[peer] = f"{type(err).__name__}: {err}"
+        for version in args.peer_versions:
+            try:
+                if peer == "autoattack":
+                    methods.append(reference_method(norm, eps, args, version))
+                elif norm != "l1":
+                    methods.append(torchattacks_method(norm, eps, classes, args, version))
+            except Exception as err:  # a peer that does not import: skipped, never fatal
+                errors[peer] = f"{type(err).__name__}: {err}"
     rows = []
     robust_of: dict[str, Tensor] = {}
     for m in methods:
+        returned: dict[str, Tensor] = {}
+        if args.noise:
+            m.run = _keeping(m.run, returned)
         try:
             r = base.call(m, m.seeds[0], model, x, y, clean_ok, norm, eps, device)
         except Exception as err:
@@ -167,6 +209,9 @@ def measure(
             print(f"[{label}] {m.name}: failed ({errors[m.name]})", flush=True)
             continue
         v = r.verdict
+        if args.noise:  # a randomized model: robust by a majority of draws, not one
+            v["robust"] = clean_ok & (majority(model, returned["x_adv"]) == y)
+            v["robust_accuracy"] = float(v["robust"].float().mean())
         robust_of[m.name] = v["robust"]
         feasible = not v["outside_ball"] and not v["outside_box"]
         rows.append(
@@ -191,8 +236,9 @@ def measure(
             f"{r.seconds:7.1f} s" + ("" if feasible else "  INFEASIBLE"),
             flush=True,
         )
-    ref = robust_of.get("AutoAttack standard")
     for row in rows:
+        version = row["method"].split(" ")[-1]
+        ref = robust_of.get(f"AutoAttack {version}", robust_of.get("AutoAttack standard"))
         if row["library"] == "advkit" and ref is not None:
             mine = robust_of[row["method"]]
             row["vs_reference"] = {
@@ -337,6 +383,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--norms", type=base._csv, default=["linf", "l2"])
     p.add_argument("--versions", type=base._csv, default=["standard", "fast"])
     p.add_argument("--peers", type=base._csv, default=list(PEERS))
+    p.add_argument(
+        "--peer-versions", type=base._csv, default=["standard"], help="the peers' versions"
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="a randomized model: Gaussian input noise of this std at every forward pass; "
+        f"robust judged by a majority of {DRAWS} draws",
+    )
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--queries", type=int, default=5000)
     p.add_argument("--n", type=int, default=None)
@@ -412,12 +468,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         model, _ = base.trained_model(spec, base.DEFAULT_CACHE, False)
         model = model.to(device).eval().requires_grad_(False)
+        if args.noise:
+            model = Noisy(model, args.noise)
         n = min(args.n or spec.n or x_test.shape[0], x_test.shape[0])
         x, y = x_test[:n].to(device).contiguous(), y_test[:n].to(device)
         for norm, grid in spec.grid().items():
             if norm not in args.norms:
                 continue
-            label = f"{name} {norm} eps={grid[0]:g}"
+            shown = f"{name}+noise{args.noise:g}" if args.noise else name
+            label = f"{shown} {norm} eps={grid[0]:g}"
             print(f"== {label} ({n} images)", flush=True)
             g = measure(model, x, y, norm, grid[0], args, device, label)
             configs.append(g)
