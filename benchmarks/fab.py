@@ -314,10 +314,6 @@ def minimal_norm(
 # --------------------------------------------------------------------------- report
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
 def _num(v: float | None) -> str:
     return "-" if v is None else ("inf" if math.isinf(v) else f"{v:.4f}")
 
@@ -368,16 +364,18 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
             mine, ref = by.get(("advkit", attack)), by.get(("reference", attack))
             if mine is None:
                 continue
-            cell = _pct(mine["robust_accuracy"]) + ("" if mine["feasible"] else " INFEASIBLE")
+            cell = bench._pct(mine["robust_accuracy"]) + ("" if mine["feasible"] else " INFEASIBLE")
             vs = mine.get("vs_reference")
             if vs:
                 cell += (
                     f" ({vs['reference_broke_advkit_did_not']} / "
                     f"{vs['advkit_broke_reference_did_not']})"
                 )
-            theirs = "-" if ref is None else _pct(ref["robust_accuracy"])
+            theirs = "-" if ref is None else bench._pct(ref["robust_accuracy"])
             key = [g["model"], g["norm"], f"{g['eps']:g}", attack]
-            lines.append("| " + " | ".join([key[0], _pct(clean), *key[1:], cell, theirs]) + " |")
+            lines.append(
+                "| " + " | ".join([key[0], bench._pct(clean), *key[1:], cell, theirs]) + " |"
+            )
             cost.append("| " + " | ".join([*key, _cost(mine, times), _cost(ref, times)]) + " |")
     mn = [
         "",
@@ -397,7 +395,7 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
         def cell(r: dict[str, Any] | None) -> str:
             if r is None:
                 return "-"
-            return f"{_num(r['median_distance'])} ({_pct(r['success_rate'])})"
+            return f"{_num(r['median_distance'])} ({bench._pct(r['success_rate'])})"
 
         vs = mine.get("vs_reference")
         ratio = "-" if not vs else _num(vs["ratio_median"])
@@ -425,21 +423,19 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _csv(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--quick", action="store_true", help="64 images, 10 steps, one eps per norm")
     p.add_argument(
         "--models",
-        type=_csv,
+        type=bench._csv,
         default=list(DEFAULT_MODELS),
         help=f"comma list of {', '.join(bench.MODELS)} (default: the digits models)",
     )
-    p.add_argument("--norms", type=_csv, default=list(NORMS), help="comma list of linf, l2, l1")
+    p.add_argument(
+        "--norms", type=bench._csv, default=list(NORMS), help="comma list of linf, l2, l1"
+    )
     p.add_argument("--steps", type=int, default=None, help="iterations (default 100)")
     p.add_argument("--n", type=int, default=None, help="the first n test images (default 200)")
     p.add_argument("--seed", type=int, default=0, help="advkit's generator, the reference's seed")
@@ -514,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "eps_grid": grid,
         }
         print(
-            f"== {name}: {spec.description}; {n} images, clean {_pct(float(clean_ok.float().mean()))}"
+            f"== {name}: {spec.description}; {n} images, clean {bench._pct(float(clean_ok.float().mean()))}"
         )
         for norm, values in grid.items():
             for eps in values:
@@ -525,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for r in g["rows"]:
                     print(
                         f"   {name} {norm} eps={eps:g} {r['library']:>9} {r['attack']:<5} robust "
-                        f"{_pct(r['robust_accuracy'])} passes {_cost(r, True)}",
+                        f"{bench._pct(r['robust_accuracy'])} passes {_cost(r, True)}",
                         flush=True,
                     )
             if args.no_minimal_norm:
@@ -535,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for r in g["rows"]:
                 print(
                     f"   {name} {norm} minimal {r['library']:>9} median {_num(r['median_distance'])}"
-                    f" success {_pct(r['success_rate'])} passes {_cost(r, True)}",
+                    f" success {bench._pct(r['success_rate'])} passes {_cost(r, True)}",
                     flush=True,
                 )
     elapsed = time.perf_counter() - t0
