@@ -215,6 +215,8 @@ def test_command_line_and_evaluate(digits: tuple[nn.Module, torch.Tensor, torch.
     assert (attack.version, attack.steps, str(attack.norm)) == ("fast", 5, "l2")
     with pytest.raises(advkit.ConfigError, match="version must be one of"):
         parse_attack("autoattack:version=quick", "linf")
+    _, bf16 = parse_attack("autoattack:version=fast,precision=bf16", "linf")
+    assert isinstance(bf16, advkit.AutoAttack) and bf16.member_precision == "bf16"
     model, x, y = digits
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=24)
     report = advkit.evaluate(
