@@ -170,9 +170,10 @@ class AutoAttack(Ensemble):
     The ``fast`` version is advkit's answer to the cost of ``standard``, which
     spends most of its passes in FAB-T and Square on the samples APGD leaves
     robust, and which they rarely break. It keeps APGD-CE and targeted DLR
-    steps towards the few most likely classes (most of AutoAttack's breaks, in
-    the A3 study, Liu et al., CVPR 2022, and the MM attack, Gao et al., ICML
-    2022), with 5 targets instead of 9: 3 left a sample unbroken that the 4th
+    steps towards the few most likely classes (A3, Liu et al., CVPR 2022, and
+    the MM attack, Gao et al., ICML 2022, both report AutoAttack's strength at
+    a fraction of its cost; MM attacks a few top-ranked targets only), with 5
+    targets instead of 9: 3 left a sample unbroken that the 4th
     target of ``standard``'s APGD-T breaks. Measured on the benchmark models
     (``benchmarks/autoattack.py``, figures in ``benchmarks/README.md``): the
     same robust accuracy as ``standard`` on 6 of 8 model/norm pairs at 13-16%
