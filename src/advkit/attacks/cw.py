@@ -22,7 +22,7 @@ __all__ = ["CW"]
 
 _WIDEST_BOX = 100.0
 """The widest input box CW accepts, as a multiple of the inputs' own range (beyond it, its
-distances grow: 1.5x the minimum at 1000x on an affine model, 60x at 10^4x)."""
+distances grow: 2x the exact minimum at 1000x on an affine model, 60x at 10^4x)."""
 
 
 class CW(MinNormAttack):
