@@ -62,6 +62,25 @@ def test_schedule_halves_p_at_the_papers_iterations() -> None:
     assert square_fraction(9999, 10000, 0.8) == 0.8 / 512
     # Other budgets rescale the iteration: at 5,000 queries p halves after iteration 5.
     assert square_fraction(5, 5000, 0.8) == 0.8 and square_fraction(6, 5000, 0.8) == 0.4
+    # Without rescaling (AutoAttack's 5000 queries), the marks of a 10,000-query run stay.
+    assert square_fraction(10, 5000, 0.8, rescale=False) == 0.8
+    assert square_fraction(11, 5000, 0.8, rescale=False) == 0.4
+    assert square_fraction(4999, 5000, 0.8, rescale=False) == 0.8 / 128  # 7 marks passed
+
+
+def test_window_positions_uniform_or_as_the_reference_draws_them() -> None:
+    """Uniform: every place the window fits, the last row and column included; the
+    reference's: never flush with the bottom or right edge, unless the window spans it."""
+    from advkit.attacks.square import _corner
+
+    def seen(sides: tuple[int, int], h: int, w: int, edge: bool) -> tuple[set[int], set[int]]:
+        c = _corner(4000, sides, h, w, torch.Generator().manual_seed(0), torch.device("cpu"), edge)
+        return set(c[:, 0].tolist()), set(c[:, 1].tolist())
+
+    assert seen((3, 3), 8, 8, True) == (set(range(6)), set(range(6)))
+    assert seen((3, 3), 8, 8, False) == (set(range(5)), set(range(5)))
+    assert seen((1, 4), 1, 10, False) == ({0}, set(range(6)))  # a vector: the row spans it
+    assert seen((8, 8), 8, 8, False) == ({0}, {0})
 
 
 def test_window_sides_square_images_and_the_rest() -> None:
@@ -259,6 +278,8 @@ def test_settings_are_checked() -> None:
         advkit.Square(eps=0.1, p_init=1.5)
     with pytest.raises(advkit.ConfigError, match="queries"):
         advkit.Square(eps=0.1, queries=0)
+    with pytest.raises(advkit.ConfigError, match="positions"):
+        advkit.Square(eps=0.1, positions="edge")  # type: ignore[arg-type]
     assert "queries=100" in repr(advkit.Square(eps=0.1, queries=100))
 
 
