@@ -3,6 +3,7 @@ its members, few-class models, a randomized model under ``rand``, and the ways t
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -23,7 +24,9 @@ def settings_of(attack: advkit.Attack) -> dict[str, Any]:
     out: dict[str, Any] = {"cls": type(inner).__name__, "norm": str(attack.norm)}
     if isinstance(attack, advkit.MultiTargeted):
         out["targets"] = attack.num_targets
-    for key in ("steps", "restarts", "queries", "p_init", "eot", "large_eps", "early_stop"):
+    keys = ("steps", "restarts", "queries", "p_init", "rescale", "positions", "eot")
+    keys += ("large_eps", "early_stop")
+    for key in keys:
         if hasattr(inner, key):
             out[key] = getattr(inner, key)
     if hasattr(inner, "objective") and not isinstance(inner, (advkit.FAB, advkit.Square)):
@@ -35,7 +38,10 @@ def settings_of(attack: advkit.Attack) -> dict[str, Any]:
 APGD_CE = {"cls": "APGD", "steps": 100, "restarts": 1, "eot": 1, "objective": "cross_entropy"}
 APGD_T = {"cls": "APGD", "targets": 9, "steps": 100, "restarts": 1, "objective": "dlr"}
 FAB_T = {"cls": "FAB", "targets": None, "steps": 100, "restarts": 1}  # None: min(9, C - 1)
+# The reference runs its 5000 queries on the schedule of a 10,000-query run, and never puts a
+# window flush with the last row or column.
 SQUARE = {"cls": "Square", "queries": 5000, "p_init": 0.8, "restarts": 1}
+SQUARE.update(rescale=False, positions="reference")
 EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("standard", "linf"): {
         "apgd-ce": APGD_CE,
@@ -63,6 +69,16 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("fast", "linf"): {
         "apgd-ce": APGD_CE,
         "apgd-t": {**APGD_T, "targets": 5},
+        "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+        "probe-square": {**SQUARE, "queries": 250},
+        "fab-t": FAB_T,
+        "square": SQUARE,
+    },
+    ("fast", "l1"): {
+        "apgd-ce": {**APGD_CE, "large_eps": True},
+        "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
+        "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+        "fab-t": FAB_T,
     },
 }
 
@@ -125,7 +141,10 @@ def test_the_worst_case_is_at_most_each_member(
     res = aa(model, x, y, generator=gen(), sample_ids=ids)
     assert exact_norm_at_most(res.x_adv, x, "linf", 0.08).all()
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    ran = {p.name for p in res.parts}
     for name, member in aa.members:
+        if name in aa.gated and name not in ran:
+            continue  # fast's escalation: runs only after a probe broke a sample
         alone = member(model, x, y, generator=gen(), sample_ids=ids)
         assert not (alone.success & ~res.success).any(), name
     broken_by = {p.name for p in res.parts}
@@ -133,6 +152,49 @@ def test_the_worst_case_is_at_most_each_member(
     assert res.success.float().mean() > 0.2  # the budget is meaningful
     clean_wrong = model(x).argmax(1) != y
     assert (res.broken_by[clean_wrong] == -1).all()
+
+
+def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """On an honest model the probes break nothing and ``fast`` stops there, silent; on a
+    model whose input gradients are zero (quantized inputs) the short Square breaks what
+    APGD cannot, so ``fast`` runs standard's FAB-T and Square in full and says so."""
+    base, x, y = digits
+
+    class Quantized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.base(torch.round(t * 4) / 4)
+
+    aa = advkit.AutoAttack("linf", 0.1, version="fast", steps=8, queries=1000, num_targets=3)
+    ids = torch.arange(len(y))
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", advkit.DiagnosticWarning)
+        honest = aa(base, x, y, generator=gen(), sample_ids=ids)
+    assert [p.name for p in honest.parts] == ["apgd-ce", "apgd-t", "probe-fab-t", "probe-square"]
+    assert aa.gated == {"fab-t", "square"}
+
+    masked = Quantized()
+    with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD"):
+        res = aa(masked, x, y, generator=gen(), sample_ids=ids)
+    parts = {p.name: p.result for p in res.parts}
+    assert list(parts) == list(aa.names)
+    assert parts["probe-square"].success.any() and not parts["apgd-ce"].success.any()
+    assert exact_norm_at_most(res.x_adv, x, "linf", 0.1).all()
+    square = dict(aa.members)["square"]
+    alone = square(masked, x, y, generator=gen(), sample_ids=ids)
+    assert not (alone.success & ~res.success).any()
+    assert res.success.sum() > parts["probe-square"].success.sum()
+    # the escalation costs about standard's FAB-T and Square
+    assert res.forward_passes > honest.forward_passes
 
 
 @pytest.mark.parametrize("classes", [2, 3, 4])

@@ -188,6 +188,11 @@ class Ensemble(Attack):
         extra += ", independent=True" if self.independent else ""
         return f"Ensemble({{{inner}}}{extra})"
 
+    def _runs(self, name: str, parts: Sequence[Part]) -> bool:
+        """Whether member ``name`` runs, given the ``parts`` of the members that ran before
+        it: always, here; a subclass may make later members depend on earlier results."""
+        return True
+
     def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
         if self.minimal:  # budgeted or not, the result reads as a minimal-norm attack's
             return finish_minimal(self, oracle, task, found)
@@ -206,6 +211,8 @@ class Ensemble(Attack):
                 rows = _rows(~done)
                 if rows.numel() == 0:
                     break
+                if not self._runs(name, parts):
+                    continue
                 sub = task.subset(rows)
                 draws = _draws(sub.generator, m, self.shared_seed)
                 res = member.solve(oracle, sub.using(generator=draws))
@@ -224,7 +231,7 @@ class Ensemble(Attack):
             if task.bar is not None:
                 bar = torch.minimum(bar, task.bar.to(bar.dtype))
             rows = _rows(bar > 0)
-            if rows.numel() == 0:
+            if rows.numel() == 0 or not self._runs(name, parts):
                 continue
             sub = task.subset(rows)
             sub = sub.using(
