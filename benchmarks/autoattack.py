@@ -77,7 +77,9 @@ def advkit_method(version: str, norm: str, eps: float, args: argparse.Namespace)
 
     def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> advkit.AttackResult:
         gen = torch.Generator(device=x.device).manual_seed(seed)
-        res: advkit.AttackResult = attack(model, x, y, generator=gen)
+        # Keyed draws: each version's members draw the same per sample, whatever runs before.
+        ids = torch.arange(len(y), device=x.device)
+        res: advkit.AttackResult = attack(model, x, y, generator=gen, sample_ids=ids)
         return res
 
     return base.Method("advkit", version, advkit.__version__, repr(attack), run, (0,))

@@ -23,7 +23,7 @@ def settings_of(attack: advkit.Attack) -> dict[str, Any]:
     inner = attack.attack if isinstance(attack, advkit.MultiTargeted) else attack
     out: dict[str, Any] = {"cls": type(inner).__name__, "norm": str(attack.norm)}
     if isinstance(attack, advkit.MultiTargeted):
-        out["targets"] = attack.num_targets
+        out["targets"], out["skip"] = attack.num_targets, attack.skip
     keys = ("steps", "restarts", "queries", "p_init", "rescale", "positions", "eot")
     keys += ("large_eps", "early_stop")
     for key in keys:
@@ -71,6 +71,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-t": {**APGD_T, "targets": 5},
         "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
         "probe-square": {**SQUARE, "queries": 250},
+        "apgd-t-rest": {**APGD_T, "targets": None, "skip": 5},
         "fab-t": FAB_T,
         "square": SQUARE,
     },
@@ -78,6 +79,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-ce": {**APGD_CE, "large_eps": True},
         "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
         "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+        "apgd-t-rest": {**APGD_T, "targets": 5, "skip": 5, "large_eps": True},
         "fab-t": FAB_T,
     },
 }
@@ -180,7 +182,7 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
         warnings.simplefilter("error", advkit.DiagnosticWarning)
         honest = aa(base, x, y, generator=gen(), sample_ids=ids)
     assert [p.name for p in honest.parts] == ["apgd-ce", "apgd-t", "probe-fab-t", "probe-square"]
-    assert aa.gated == {"fab-t", "square"}
+    assert aa.gated == {"apgd-t-rest", "fab-t", "square"}
 
     masked = Quantized()
     with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD"):

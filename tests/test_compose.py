@@ -151,6 +151,31 @@ def test_multitargeted_is_apgd_t(digits: tuple[nn.Module, torch.Tensor, torch.Te
     assert len(res9.parts) == 9
 
 
+def test_multitargeted_skip_runs_the_rest_of_a_run_with_its_draws(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """``skip=2`` runs targets 3 and 4 only; with ``sample_ids`` target 3 finds on each
+    sample the point it finds in the full run."""
+    model, x, y = digits
+    apgd = advkit.APGD(eps=0.1, steps=6, objective=advkit.objectives.dlr)
+    ids = torch.arange(len(y))
+
+    def run(skip: int) -> advkit.AttackResult:
+        attack = advkit.MultiTargeted(apgd, num_targets=4, skip=skip)
+        return attack(model, x, y, generator=torch.Generator().manual_seed(0), sample_ids=ids)
+
+    full, rest = run(0), run(2)
+    assert [p.name for p in rest.parts] == ["target 3", "target 4"]
+    full3, rest3 = full.parts[2], rest.parts[0]
+    assert full3.name == "target 3" and 0 < full3.rows.numel() < rest3.rows.numel()
+    where = torch.searchsorted(rest3.rows, full3.rows)  # rows are sorted
+    assert torch.equal(rest3.rows[where], full3.rows)
+    assert torch.equal(rest3.result.x_adv[where], full3.result.x_adv)
+    assert "skip=2" in repr(advkit.MultiTargeted(apgd, 4, skip=2))
+    with pytest.raises(advkit.ConfigError, match="skip"):
+        advkit.MultiTargeted(apgd, 4, skip=-1)
+
+
 def test_sweep_reads_as_a_minimal_norm_attack(
     digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:

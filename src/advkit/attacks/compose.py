@@ -266,6 +266,9 @@ class MultiTargeted(Attack):
         num_targets: how many targets ``k``; default ``min(9, C - 1)`` for a
             model with ``C`` classes (AutoAttack's 9 on 10 classes), and never
             more than ``C - 1``.
+        skip: leave out the ``skip`` most likely targets and run the ranks after
+            them, up to ``num_targets`` (each with the draws it has in the full
+            run): the rest of a run that stopped after ``skip`` targets.
         objective: ranks the targets' candidates on samples none broke
             (default: the untargeted margin).
 
@@ -289,6 +292,7 @@ class MultiTargeted(Attack):
         num_targets: int | None = None,
         *,
         objective: Objective = margin,
+        skip: int = 0,
     ) -> None:
         if not isinstance(attack, Attack):
             raise checks.ConfigError(
@@ -299,10 +303,14 @@ class MultiTargeted(Attack):
         self.num_targets = (
             None if num_targets is None else checks.check_positive_int(num_targets, "num_targets")
         )
+        self.skip = checks.check_positive_int(skip, "skip", minimum=0)
         self.minimal = attack.minimal
 
     def _settings(self) -> dict[str, Any]:
-        return {"attack": self.attack, "num_targets": self.num_targets}
+        out: dict[str, Any] = {"attack": self.attack, "num_targets": self.num_targets}
+        if self.skip:
+            out["skip"] = self.skip
+        return out
 
     def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
         if self.minimal:  # budgeted or not, the result reads as a minimal-norm attack's
@@ -327,7 +335,7 @@ class MultiTargeted(Attack):
         tracker = BestByDistance(task.x0, clean, clean_ok)
         if budgeted:
             best.consider(task.x0, clean, task.loss(clean), clean_ok)
-        for j in range(k):
+        for j in range(self.skip, k):
             rows = _rows(~best.success if budgeted else ~clean_ok)
             if rows.numel() == 0:
                 break
