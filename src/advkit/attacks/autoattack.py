@@ -250,8 +250,8 @@ class AutoAttack(_Staged):
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 10, (8,))
         >>> aa = advkit.AutoAttack("linf", eps=0.1, version="fast", steps=10)
-        >>> list(aa.names)
-        ['apgd-ce', 'apgd-t']
+        >>> list(aa.names)[:4]
+        ['apgd-ce', 'apgd-t', 'probe-fab-t', 'probe-square']
         >>> res = aa(net, x, y, generator=torch.Generator().manual_seed(0))
         >>> [part.name for part in res.parts][:1]
         ['apgd-ce']
