@@ -191,9 +191,10 @@ class _Search:
     def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
         raise NotImplementedError
 
-    def draw(self, count: int, i: int, p: float, gen: Any) -> dict[str, Any]:
-        """The random choices of iteration ``i`` for ``count`` samples: always the same number
-        of draws, so that a keyed source gives each sample the same values in any batch."""
+    def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
+        """The random choices of an iteration with windows covering a fraction ``p`` of the
+        image, for ``count`` samples: always the same number of draws, so that a keyed source
+        gives each sample the same values in any batch."""
         raise NotImplementedError
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
@@ -219,7 +220,7 @@ class _LinfSearch(_Search):
         out = torch.where(self.flat(up), const["hi"], const["lo"])
         return out.reshape(task.x0.shape)
 
-    def draw(self, count: int, i: int, p: float, gen: Any) -> dict[str, Any]:
+    def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
         sides = window_sides(p, self.h, self.w)
         dev = self.device
         return {
@@ -282,7 +283,7 @@ class _L2Search(_Search):
         out: Tensor = region(x.reshape(region.x0.shape))
         return out
 
-    def draw(self, count: int, i: int, p: float, gen: Any) -> dict[str, Any]:
+    def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
         sides = window_sides(p, self.h, self.w, minimum=3, odd=True)
         dev = self.device
         return {
@@ -513,7 +514,7 @@ class Square(Attack):
                     if "region" in part:
                         part["region"] = sub.region
             p = square_fraction(i, self.queries, self.p_init, self.rescale)
-            draws = search.draw(n, i, p, gen)  # all n: keyed per sample
+            draws = search.draw(n, p, gen)  # all n: keyed per sample
             d = {k: active.take(v)[0] if isinstance(v, Tensor) else v for k, v in draws.items()}
             x, done = active.take(current.x, current.success)
             x_new = search.propose(x, part, d, done)
