@@ -185,8 +185,9 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     assert aa.gated == {"apgd-t-rest", "fab-t", "square"}
 
     masked = Quantized()
-    with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD"):
+    with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD") as rec:
         res = aa(masked, x, y, generator=gen(), sample_ids=ids)
+    assert rec[0].filename == __file__  # it points at the caller's line
     parts = {p.name: p.result for p in res.parts}
     assert list(parts) == list(aa.names)
     assert parts["probe-square"].success.any() and not parts["apgd-ce"].success.any()

@@ -147,7 +147,9 @@ ESCALATION: tuple[str, ...] = ("apgd-t-rest", "fab-t", "square")
 class _Staged(Ensemble):
     """An `Ensemble` whose members in ``gated`` run only when a probe broke a sample."""
 
-    gated: frozenset[str] = frozenset()
+    def __init__(self, attacks: dict[str, Attack], *, gated: frozenset[str], **kw: Any) -> None:
+        super().__init__(attacks, **kw)
+        self.gated = gated
 
     def _runs(self, name: str, parts: Sequence[Part]) -> bool:
         if name not in self.gated:
@@ -286,13 +288,15 @@ class AutoAttack(_Staged):
             for few in (False, True)
         }
         super().__init__(
-            _members(version, self._build[False], self.num_targets), eps=eps, shared_seed=True
+            _members(version, self._build[False], self.num_targets),
+            gated=frozenset(ESCALATION) if version == "fast" else frozenset(),
+            eps=eps,
+            shared_seed=True,
         )
         # The members run in this precision and compile mode; the ensemble itself only
         # compares their (full-precision) results.
         self.member_precision: PrecisionSpec = None if precision == "fp32" else precision
         self.member_compile: CompileSpec = compile
-        self.gated = frozenset(ESCALATION) if version == "fast" else frozenset()
         self._few: _Staged | None = None
 
     @property
@@ -325,10 +329,10 @@ class AutoAttack(_Staged):
         if self._few is None:
             self._few = _Staged(
                 _members(self.version, self._build[True], self.num_targets),
+                gated=self.gated,
                 eps=self.eps,
                 shared_seed=True,
             )
-            self._few.gated = self.gated
         return self._few
 
     def run(self, oracle: Oracle, task: Task) -> Found:
@@ -351,6 +355,6 @@ class AutoAttack(_Staged):
                 "beside standard's, at about standard's cost. result.parts says which member "
                 "broke what; see docs/trust.md.",
                 checks.DiagnosticWarning,
-                stacklevel=2,
+                stacklevel=4,  # the caller's line: run <- Attack.solve <- Attack.__call__
             )
         return found
