@@ -83,6 +83,44 @@ def test_window_positions_uniform_or_as_the_reference_draws_them() -> None:
     assert seen((8, 8), 8, 8, False) == ({0}, {0})
 
 
+def test_the_attack_follows_its_schedule_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rescale`` reaches the search: 40 queries stretched run through every halving; on
+    the marks of a 10,000-query run they end at the first one."""
+    from advkit.attacks import square as square_module
+
+    seen: list[float] = []
+
+    def recording(p: float, *args: Any, **kw: Any) -> tuple[int, int]:
+        seen.append(p)
+        return window_sides(p, *args, **kw)
+
+    monkeypatch.setattr(square_module, "window_sides", recording)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    for rescale, smallest in ((True, 0.8 / 512), (False, 0.4)):
+        seen.clear()
+        attack = advkit.Square(eps=1e-3, queries=40, rescale=rescale)
+        attack(model, x, y, generator=torch.Generator().manual_seed(0))
+        assert min(seen) == smallest and max(seen) == 0.8
+
+
+@pytest.mark.parametrize("positions", ["uniform", "reference"])
+def test_the_attack_follows_its_positions_setting(positions: str) -> None:
+    """On 13 x 13 images the L2 start leaves the last row and column alone; with the
+    reference's positions no window reaches them either, with uniform ones some do."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(169, 10))
+    x = torch.rand(32, 1, 13, 13, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    y = model(x).argmax(1)
+    attack = advkit.Square("l2", eps=0.05, queries=60, p_init=0.1, positions=positions)  # type: ignore[arg-type]
+    res = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    moved = (res.x_adv != x)[:, 0]
+    edge = moved[:, -1, :].any() | moved[:, :, -1].any()
+    assert moved.any() and bool(edge) == (positions == "uniform")
+
+
 def test_window_sides_square_images_and_the_rest() -> None:
     assert window_sides(0.8, 28, 28) == (25, 25)
     assert window_sides(0.8 / 512, 28, 28) == (1, 1)
