@@ -649,6 +649,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """``fn()`` and its wall time in seconds, the device synchronised on both sides."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
 @dataclass
 class Run:
     """One call of one method with one seed: what it returned, cost and verdict."""
@@ -674,11 +683,7 @@ def call(
 ) -> Run:
     counter = throughput.Counting(model)
     x_in, y_in = x.clone(), y.clone()  # each call gets its own copies; were they changed?
-    _sync(device)
-    start = time.perf_counter()
-    out = m.run(counter, x_in, y_in, seed)
-    _sync(device)
-    seconds = time.perf_counter() - start
+    out, seconds = timed(lambda: m.run(counter, x_in, y_in, seed), device)
     is_result = isinstance(out, advkit.AttackResult)
     x_adv = out.x_adv if is_result else out
     verdict = judge(model, x, y, clean_ok, x_adv, norm, eps)

@@ -162,11 +162,7 @@ def call(m: Method, model: nn.Module, x: Tensor, y: Tensor, device: torch.device
     """One call: the returned points, passes per sample, advkit's own counts, the time."""
     counter = throughput.Counting(model)
     x_in, y_in = x.clone(), y.clone()
-    bench._sync(device)
-    start = time.perf_counter()
-    out = m.run(counter, x_in, y_in)
-    bench._sync(device)
-    seconds = time.perf_counter() - start
+    out, seconds = bench.timed(lambda: m.run(counter, x_in, y_in), device)
     is_result = isinstance(out, advkit.AttackResult)
     x_adv = (out.x_adv if is_result else out).detach().to(x.dtype)
     n = x.shape[0]

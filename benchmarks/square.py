@@ -154,11 +154,9 @@ def call(
     """One call: verdict, queries, evaluations and time."""
     counter = Calls(model)
     x_in, y_in = x.clone(), y.clone()
-    bench._sync(device)
-    start = time.perf_counter()
-    x_adv, queries, own_forward = run(counter, x_in, y_in, seed)
-    bench._sync(device)
-    seconds = time.perf_counter() - start
+    (x_adv, queries, own_forward), seconds = bench.timed(
+        lambda: run(counter, x_in, y_in, seed), device
+    )
     verdict = bench.judge(model, x, y, clean_ok, x_adv, norm, eps)
     ok = clean_ok.cpu()
     if queries.numel() == x.shape[0]:
