@@ -1128,12 +1128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if placeholders and "adv-lib" in versions and not versions["adv-lib"].startswith("not"):
         versions["adv-lib"] += f" ({', '.join(placeholders)} placeholder)"
     record: dict[str, Any] = {
-        "benchmark": "apgd",
-        "command": " ".join(["python benchmarks/apgd.py", *cli]),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "elapsed_s": elapsed,
-        "device": device.type,
-        "machine": {**throughput.machine_info(device), "load_average_1min_at_start": load_start},
+        **throughput.record_head("apgd", cli, device, load_start, elapsed),
         "settings": {
             "steps": args.steps,
             "restarts": 1,

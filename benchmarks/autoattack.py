@@ -484,11 +484,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             configs.append(g)
             errors += [f"{label} {k}: {v}" for k, v in g["errors"].items()]
     record: dict[str, Any] = {
-        "benchmark": "autoattack",
-        "command": " ".join(["python benchmarks/autoattack.py", *cli]),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": device.type,
-        "machine": {**throughput.machine_info(device), "load_average_1min_at_start": load_start},
+        **throughput.record_head("autoattack", cli, device, load_start),
         "settings": {
             "steps": args.steps,
             "queries": args.queries,

@@ -536,12 +536,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
         reference = None
     record: dict[str, Any] = {
-        "benchmark": "fab",
-        "command": " ".join(["python benchmarks/fab.py", *cli]),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "elapsed_s": elapsed,
-        "device": device.type,
-        "machine": {**throughput.machine_info(device), "load_average_1min_at_start": load_start},
+        **throughput.record_head("fab", cli, device, load_start, elapsed),
         "settings": {
             "steps": args.steps,
             "restarts": 1,

@@ -594,6 +594,27 @@ def make_data(
 # --------------------------------------------------------------------------- report
 
 
+def record_head(
+    benchmark: str,
+    cli: list[str],
+    device: torch.device,
+    load_start: float | None,
+    elapsed: float | None = None,
+) -> dict[str, Any]:
+    """The first fields of a benchmark script's results record: its name, the command that
+    ran it, the date, the elapsed seconds (when given), the device and the machine."""
+    head: dict[str, Any] = {
+        "benchmark": benchmark,
+        "command": " ".join([f"python benchmarks/{benchmark}.py", *cli]),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    if elapsed is not None:
+        head["elapsed_s"] = elapsed
+    head["device"] = device.type
+    head["machine"] = {**machine_info(device), "load_average_1min_at_start": load_start}
+    return head
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

@@ -473,12 +473,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 configs.append(measure(name, model, x, y, norm, eps, args, device))
     elapsed = time.perf_counter() - t0
     record: dict[str, Any] = {
-        "benchmark": "square",
-        "command": " ".join(["python benchmarks/square.py", *cli]),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "elapsed_s": elapsed,
-        "device": device.type,
-        "machine": {**throughput.machine_info(device), "load_average_1min_at_start": load_start},
+        **throughput.record_head("square", cli, device, load_start, elapsed),
         "settings": {
             "queries": args.queries,
             "p_init": 0.8,
