@@ -21,6 +21,19 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
+def digits_cnn() -> nn.Module:
+    """The small CNN (with BatchNorm) of the digits tests, untrained."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
+    )
+
+
 @functools.cache
 def digits_model() -> nn.Module:
     """A small CNN with BatchNorm, trained to ~97% test accuracy; in eval mode."""
@@ -28,15 +41,7 @@ def digits_model() -> nn.Module:
     g = torch.Generator().manual_seed(0)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, stride=2),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 10),
-        )
+        model = digits_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(8):

@@ -9,19 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._digits import digits_data, digits_model
-
-
-def _cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
-    )
+from ._digits import digits_cnn, digits_data, digits_model
 
 
 def _finish(model: nn.Module) -> nn.Module:
@@ -40,7 +28,7 @@ def adversarial_model(eps: float = 0.1, epochs: int = 6) -> nn.Module:
     g = torch.Generator().manual_seed(1)
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        model = _cnn()
+        model = digits_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(epochs):
         for idx in torch.randperm(len(ytr), generator=g).split(64):
