@@ -890,9 +890,7 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
     lines = [
         f"`{record['command']}` ({record['date']}, {record['elapsed_s']:.0f} s)",
         "",
-        f"Machine: {mi.get('gpu') or mi['cpu']}; {mi['cpu_count']} CPUs, torch threads "
-        f"{mi['torch_threads']}; torch {mi['torch']}; Python {mi['python']}; advkit "
-        f"{mi['advkit']} ({mi['advkit_commit']})" + throughput._load_note(mi) + ".",
+        throughput.machine_line(mi),
         "Peers: "
         + (", ".join(f"{LIBRARY_NAMES[k]} {v}" for k, v in record["peers"].items()) or "none")
         + f". Budget: {s['steps']} steps, 1 restart; APGD-T: {s['steps']} steps for each of the "

@@ -329,9 +329,7 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
     lines = [
         f"`{record['command']}` ({record['date']}, {record['elapsed_s']:.0f} s)",
         "",
-        f"Machine: {mi.get('gpu') or mi['cpu']}; {mi['cpu_count']} CPUs, torch threads "
-        f"{mi['torch_threads']}; torch {mi['torch']}; Python {mi['python']}; advkit "
-        f"{mi['advkit']} ({mi['advkit_commit']})" + throughput._load_note(mi) + ".",
+        throughput.machine_line(mi),
         f"Reference: pyautoattack {record['reference'] or 'not available'}. Budget: "
         f"{s['steps']} steps, 1 restart, alpha_max {ALPHA_MAX}, eta {ETA}, beta {BETA}; "
         f"FAB-T: {s['steps']} steps for each of the top min(9, C - 1) classes. The first "

@@ -615,6 +615,16 @@ def record_head(
     return head
 
 
+def machine_line(mi: dict[str, Any]) -> str:
+    """"Machine: ..." for a README block: hardware, threads, torch, Python, advkit and its
+    commit, the load (a sentence, with its full stop)."""
+    return (
+        f"Machine: {mi.get('gpu') or mi['cpu']}; {mi['cpu_count']} CPUs, torch threads "
+        f"{mi['torch_threads']}; torch {mi['torch']}; Python {mi['python']}; advkit "
+        f"{mi['advkit']} ({mi['advkit_commit']})" + _load_note(mi) + "."
+    )
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

@@ -307,9 +307,7 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
     lines = [
         f"`{record['command']}` ({record['date']}, {record['elapsed_s']:.0f} s)",
         "",
-        f"Machine: {mi.get('gpu') or mi['cpu']}; {mi['cpu_count']} CPUs, torch threads "
-        f"{mi['torch_threads']}; torch {mi['torch']}; Python {mi['python']}; advkit "
-        f"{mi['advkit']} ({mi['advkit_commit']})" + throughput._load_note(mi) + ".",
+        throughput.machine_line(mi),
         f"Reference: {record['reference']}. Budget: {s['queries']} queries per image (the "
         f"start included), p_init 0.8, 1 restart; seeds {s['seeds']} for both (mean, min-max).",
         "",
