@@ -20,6 +20,28 @@ def test_keyed_draws_do_not_depend_on_the_batch() -> None:
     assert torch.equal(F.randint(0, 9, (2, 6), part), r[[2, 0]])
 
 
+def test_subset_continues_each_samples_stream() -> None:
+    keys = torch.tensor([10, 3, 7, 42])
+    full = KeyedGenerator(5, keys)
+    F.rand((4, 3), full)  # one draw before the split
+    part = full.subset(torch.tensor([3, 1]))
+    assert part.draws == full.draws
+    assert torch.equal(F.randbits((2, 5), part), F.randbits((4, 5), full)[[3, 1]])
+    assert torch.equal(F.randn((2, 5), part), F.randn((4, 5), full)[[3, 1]])
+
+
+def test_randbits_keyed_and_plain() -> None:
+    keys = torch.arange(300)
+    for source in (KeyedGenerator(2, keys), torch.Generator().manual_seed(2)):
+        b = F.randbits((300, 400), source)
+        assert b.dtype == torch.int64 and int(b.min()) >= 0 and int(b.max()) < 2**62
+        assert int(b.max()) >= 2**61  # the top bit is used
+        for k in (0, 30, 61):  # each bit is a fair coin
+            assert abs(float(((b >> k) & 1).double().mean()) - 0.5) < 0.005
+        counts = torch.bincount((b % 3).flatten(), minlength=3).double() / b.numel()
+        assert torch.allclose(counts, torch.full_like(counts, 1 / 3), atol=0.004)
+
+
 def test_keyed_draws_differ_between_keys_seeds_and_draws() -> None:
     g = KeyedGenerator(0, torch.tensor([0, 1]))
     a, b = F.rand((2, 100), g), F.rand((2, 100), g)

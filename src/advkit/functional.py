@@ -57,6 +57,7 @@ __all__ = [
     "linf_sample",
     "pgd_step",
     "rand",
+    "randbits",
     "randint",
     "randn",
     "round_toward",
@@ -153,6 +154,17 @@ class KeyedGenerator:
         self.seed = int(seed)
         self.keys = keys.to(torch.int64)
         self.draws = 0
+        self._hashed: Tensor | None = None  # the keys mixed with the seed, once
+
+    def subset(self, rows: Tensor) -> KeyedGenerator:
+        """The source of the samples ``rows`` (a ``(K,)`` index tensor): their keys, the same
+        seed and the same draw count, so its next draws for a sample are the ones this
+        source would have given it."""
+        out = KeyedGenerator(self.seed, self.keys.index_select(0, rows))
+        out.draws = self.draws
+        if self._hashed is not None:
+            out._hashed = self._hashed.index_select(0, rows)
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -166,8 +178,10 @@ class KeyedGenerator:
                 f"a keyed draw needs shape (B, ...) with B = {self.keys.shape[0]} keys, got {shape}."
             )
         self.draws += 1
-        head = _mix(torch.full((), _i64(self.seed), dtype=torch.int64) + _GOLDEN)
-        per_key = _mix(_mix(self.keys ^ head.to(self.keys.device)) + _i64(self.draws * _GOLDEN))
+        if self._hashed is None:
+            head = _mix(torch.full((), _i64(self.seed), dtype=torch.int64) + _GOLDEN)
+            self._hashed = _mix(self.keys ^ head.to(self.keys.device))
+        per_key = _mix(self._hashed + _i64(self.draws * _GOLDEN))
         n = math.prod(shape[1:])
         counter = torch.arange(1, n + 1, device=self.device, dtype=torch.int64) * _GOLDEN
         return _mix(per_key.unsqueeze(1) + counter.unsqueeze(0)).reshape(shape)
@@ -228,6 +242,23 @@ def randint(
         span = high - low
         return (_shr(generator.bits(shape), 1) % span + low).to(dtype)
     return torch.randint(low, high, shape, generator=generator, dtype=dtype, device=device)
+
+
+def randbits(
+    shape: tuple[int, ...], generator: RandomSource, *, device: torch.device | str | None = None
+) -> Tensor:
+    """Non-negative int64 values with 62 uniform random bits each: one draw from which a loop
+    takes several small integers (``bits[:, k] % n``, bias below ``n / 2**62``; ``bits & 1``)
+    in one call rather than one call each.
+
+    Examples:
+        >>> b = randbits((3, 4), torch.Generator().manual_seed(0))
+        >>> bool(((b >= 0) & (b < 2**62)).all())
+        True
+    """
+    if isinstance(generator, KeyedGenerator):
+        return _shr(generator.bits(shape), 2)
+    return torch.randint(0, 2**62, shape, generator=generator, device=device)
 
 
 # --------------------------------------------------------------------------- helpers
