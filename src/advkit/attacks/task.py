@@ -47,6 +47,16 @@ def fork_generator(generator: RandomSource, tag: int) -> RandomSource:
     return out
 
 
+def subset_source(generator: RandomSource, rows: Tensor) -> RandomSource:
+    """The random source of the samples ``rows`` of a batch: a `KeyedGenerator` keeps the
+    keys of those rows (their next draws are the ones the whole batch's source would give
+    them); a ``torch.Generator`` (or ``None``) is one stream for any batch and is returned
+    as it is."""
+    if isinstance(generator, KeyedGenerator):
+        return generator.subset(rows)
+    return generator
+
+
 class Task:
     """The data, threat model, objective and success rule of one attack call.
 
@@ -225,11 +235,7 @@ class Task:
         eps = self.eps
         if isinstance(eps, Tensor) and eps.ndim == 1:
             eps = eps.index_select(0, rows)
-        generator = self.generator
-        if isinstance(generator, KeyedGenerator):
-            keyed = KeyedGenerator(generator.seed, generator.keys.index_select(0, rows))
-            keyed.draws = generator.draws
-            generator = keyed
+        generator = subset_source(self.generator, rows)
         out = self._copy(
             x0=self.x0.index_select(0, rows),
             labels=self.labels.index_select(0, rows),

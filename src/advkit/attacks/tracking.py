@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ActiveSet", "BestByDistance", "BestByObjective", "improves", "keep_best"]
+__all__ = ["ActiveSet", "BestByDistance", "BestByObjective", "improves", "keep_best", "put_rows"]
 
 
 def keep_best(
@@ -50,8 +50,9 @@ def _take(ts: tuple[Any, ...], rows: Tensor | None) -> tuple[Any, ...]:
     return tuple(t.index_select(0, rows) if isinstance(t, Tensor) and t.ndim > 0 else t for t in ts)
 
 
-def _put(full: Tensor, rows: Tensor | None, part: Tensor) -> Tensor:
-    """``full`` with ``rows`` replaced by ``part`` (``part`` itself when ``rows`` is None)."""
+def put_rows(full: Tensor, rows: Tensor | None, part: Tensor) -> Tensor:
+    """``full`` with ``rows`` replaced by ``part`` (``part`` itself when ``rows`` is None, all
+    rows): how a loop that works on the running rows alone writes them back."""
     return part if rows is None else full.index_copy(0, rows, part)
 
 
@@ -91,7 +92,7 @@ class BestByObjective:
         better = improves(success, loss, cur[3], cur[2])
         new = keep_best(better, cur, (x, logits, loss, success))
         self.x, self.logits, self.loss, self.success = (
-            _put(full, rows, part)
+            put_rows(full, rows, part)
             for full, part in zip((self.x, self.logits, self.loss, self.success), new, strict=True)
         )
         return better
@@ -136,7 +137,7 @@ class BestByDistance:
         closer: Tensor = success & (d < cur[2])
         new = keep_best(closer, cur, (x, logits, d))
         self.x, self.logits, self.distance = (
-            _put(full, rows, part)
+            put_rows(full, rows, part)
             for full, part in zip((self.x, self.logits, self.distance), new, strict=True)
         )
         return closer
@@ -214,4 +215,4 @@ class ActiveSet:
 
     def put(self, full: Tensor, part: Tensor) -> Tensor:
         """``full`` with the running rows replaced by ``part``."""
-        return _put(full, self.rows, part)
+        return put_rows(full, self.rows, part)
