@@ -74,7 +74,8 @@ def test_window_positions_uniform_or_as_the_reference_draws_them() -> None:
     from advkit.attacks.square import _corner
 
     def seen(sides: tuple[int, int], h: int, w: int, edge: bool) -> tuple[set[int], set[int]]:
-        c = _corner(4000, sides, h, w, torch.Generator().manual_seed(0), torch.device("cpu"), edge)
+        bits = F.randbits((4000, 2), torch.Generator().manual_seed(0))
+        c = _corner(bits, sides, h, w, edge)
         return set(c[:, 0].tolist()), set(c[:, 1].tolist())
 
     assert seen((3, 3), 8, 8, True) == (set(range(6)), set(range(6)))

@@ -14,8 +14,8 @@ from advkit import checks
 from advkit import functional as F
 from advkit.attacks.base import Attack, Found
 from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
-from advkit.attacks.task import Task, fork_generator
-from advkit.attacks.tracking import ActiveSet, BestByObjective
+from advkit.attacks.task import Task, fork_generator, subset_source
+from advkit.attacks.tracking import ActiveSet, BestByObjective, improves, keep_best, put_rows
 from advkit.norms import NormSpec
 from advkit.objectives import margin
 
@@ -133,30 +133,31 @@ def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _offsets(sides: tuple[int, int], width: int, device: torch.device) -> Tensor:
+    """``(h * w,)``: the flat offsets of a window of ``sides`` from its top-left corner, row
+    by row, in an image of ``width`` columns."""
+    rows = torch.arange(sides[0], device=device) * width
+    return (rows[:, None] + torch.arange(sides[1], device=device)).flatten()
+
+
 def _window_index(corner: Tensor, sides: tuple[int, int], width: int) -> Tensor:
     """``(R, 1, h * w)``: per sample, the flat positions (``row * width + column``) of the
     window of ``sides`` whose top-left corner is ``corner`` (``(R, 2)``), row by row."""
-    rows = corner[:, 0:1] + torch.arange(sides[0], device=corner.device)
-    cols = corner[:, 1:2] + torch.arange(sides[1], device=corner.device)
-    return (rows[:, :, None] * width + cols[:, None, :]).reshape(corner.shape[0], 1, -1)
+    start = corner[:, 0:1] * width + corner[:, 1:2]
+    return (start + _offsets(sides, width, corner.device)).unsqueeze(1)
 
 
 def _corner(
-    count: int,
-    sides: tuple[int, int],
-    height: int,
-    width: int,
-    gen: Any,
-    dev: torch.device,
-    edge: bool = True,
+    bits: Tensor, sides: tuple[int, int], height: int, width: int, edge: bool = True
 ) -> Tensor:
-    """``(count, 2)`` window positions, uniform over those where the window fits; without
-    ``edge``, over those that leave the last row and column free (where the window is
-    shorter than the side), as the authors' code and AutoAttack draw them."""
+    """``(count, 2)`` window positions from two columns of random bits (`advkit.functional.randbits`),
+    uniform over those where the window fits; without ``edge``, over those that leave the
+    last row and column free (where the window is shorter than the side), as the authors'
+    code and AutoAttack draw them."""
     cut = 0 if edge else 1
-    top = F.randint(0, max(height - sides[0] + 1 - cut, 1), (count,), gen, device=dev)
-    left = F.randint(0, max(width - sides[1] + 1 - cut, 1), (count,), gen, device=dev)
-    return torch.stack([top, left], dim=1)
+    spans = (max(height - sides[0] + 1 - cut, 1), max(width - sides[1] + 1 - cut, 1))
+    return torch.stack([bits[:, 0] % spans[0], bits[:, 1] % spans[1]], dim=1)
 
 
 def _scores(task: Task, logits: Tensor) -> Tensor:
@@ -174,8 +175,8 @@ class _Search:
         self.device = device
         self.edge = edge
 
-    def corner(self, count: int, sides: tuple[int, int], gen: Any) -> Tensor:
-        return _corner(count, sides, self.h, self.w, gen, self.device, self.edge)
+    def corner(self, bits: Tensor, sides: tuple[int, int]) -> Tensor:
+        return _corner(bits, sides, self.h, self.w, self.edge)
 
     def image(self, t: Tensor) -> Tensor:
         return t.reshape(t.shape[0], self.c, self.h, self.w)
@@ -193,8 +194,8 @@ class _Search:
 
     def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
         """The random choices of an iteration with windows covering a fraction ``p`` of the
-        image, for ``count`` samples: always the same number of draws, so that a keyed source
-        gives each sample the same values in any batch."""
+        image, for ``count`` samples: one draw of the same width for any ``p``, so that a
+        keyed source gives each sample the same values in any batch."""
         raise NotImplementedError
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
@@ -207,6 +208,10 @@ class _LinfSearch(_Search):
     the box, `advkit.functional.linf_box`); a proposal sets a window, per channel, to one
     vertex. Windows are read and written through ``(R, C, H * W)`` views, so a proposal costs
     one copy of the image and work in proportion to the window."""
+
+    def __init__(self, shape: tuple[int, int, int], device: torch.device, edge: bool) -> None:
+        super().__init__(shape, device, edge)
+        self.shifts = torch.arange(self.c, device=device).clamp_max(61)
 
     def constants(self, task: Task) -> dict[str, Any]:
         lo, hi = F.linf_box(task.x0, task.budget(), task.bounds)
@@ -222,12 +227,12 @@ class _LinfSearch(_Search):
 
     def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
         sides = window_sides(p, self.h, self.w)
-        dev = self.device
+        bits = F.randbits((count, 3 + self.c), gen, device=self.device)
         return {
             "sides": sides,
-            "corner": self.corner(count, sides, gen),
-            "up": F.randint(0, 2, (count, self.c), gen, device=dev).bool(),
-            "flip": F.randint(1, 2 ** min(self.c, 62), (count,), gen, device=dev),
+            "corner": self.corner(bits, sides),
+            "up": (bits[:, 3:] & 1).bool(),
+            "flip": bits[:, 2] % (2 ** min(self.c, 62) - 1) + 1,
         }
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
@@ -238,8 +243,7 @@ class _LinfSearch(_Search):
         # Where every channel's window already sits at one vertex, one draw of the signs would
         # change nothing: draw uniformly among the others instead (the authors' code resamples).
         stuck = (at_hi | at_lo).all(dim=1, keepdim=True)
-        shifts = torch.arange(self.c, device=x.device).clamp_max(63)
-        flip = ((d["flip"][:, None] >> shifts) & 1).bool()
+        flip = ((d["flip"][:, None] >> self.shifts) & 1).bool()
         up = torch.where(stuck, at_hi ^ flip, d["up"]).unsqueeze(2)
         new = torch.where(done[:, None, None], now, torch.where(up, hi, lo))
         return xf.scatter(2, index, new).reshape(x.shape)
@@ -285,13 +289,13 @@ class _L2Search(_Search):
 
     def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
         sides = window_sides(p, self.h, self.w, minimum=3, odd=True)
-        dev = self.device
+        bits = F.randbits((count, 5 + self.c), gen, device=self.device)
         return {
             "sides": sides,
-            "corner": self.corner(count, sides, gen),
-            "corner2": self.corner(count, sides, gen),
-            "turn": F.randint(0, 2, (count,), gen, device=dev),
-            "sign": F.randint(0, 2, (count, self.c), gen, device=dev),
+            "corner": self.corner(bits[:, 0:2], sides),
+            "corner2": self.corner(bits[:, 2:4], sides),
+            "turn": bits[:, 4] & 1,
+            "sign": bits[:, 5:] & 1,
         }
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
@@ -493,33 +497,54 @@ class Square(Attack):
         best: BestByObjective,
         rows: Tensor,
     ) -> Tensor:
-        """One run on the samples of ``task``; returns their query counts."""
+        """One run on the samples of ``task``; returns their query counts.
+
+        The loop works on the running samples alone (their point, logits, margin,
+        success, query count, constants and random source); the whole batch's state is
+        written only when samples leave and at the end."""
         n = task.batch_size
         const = search.constants(task)
         x = search.start(task, const, gen)
         logits = oracle.scores(x)
-        current = BestByObjective()  # the search's point: it moves only when it improves
-        current.consider(x, logits, _scores(task, logits), task.success(logits))
+        # The search's point per sample (it moves only when it improves) and its query count.
+        state: tuple[Tensor, ...] = (x, logits, _scores(task, logits), task.success(logits))
         spent = torch.ones(n, dtype=torch.int64, device=x.device)
+        full: tuple[Tensor, ...] = (*state, spent)
         active = ActiveSet(n, padded=False, device=x.device)
-        sub, part = task, const
+        sub, part, source = task, const, gen
         for i in range(self.queries - 1):
             if i % self._look_every == 0:
-                running = active.running
-                if not active.update(current.success):
-                    break
-                if active.running != running:
-                    sub = task if active.rows is None else task.subset(active.rows)
-                    part = {k: v for k, v in zip(const, active.take(*const.values()), strict=True)}
+                before = active.rows
+                kept = active.retain(~state[3])  # the host sync of the loop
+                if kept is not None:
+                    full = tuple(
+                        put_rows(f, before, t) for f, t in zip(full, (*state, spent), strict=True)
+                    )
+                    if active.running == 0:
+                        break
+                    state = tuple(t.index_select(0, kept) for t in state)
+                    spent = spent.index_select(0, kept)
+                    assert active.rows is not None
+                    sub = task.subset(active.rows)
+                    part = {
+                        k: v.index_select(0, kept) if isinstance(v, Tensor) else v
+                        for k, v in part.items()
+                    }
                     if "region" in part:
                         part["region"] = sub.region
+                    source = subset_source(source, kept)
             p = square_fraction(i, self.queries, self.p_init, self.rescale)
-            draws = search.draw(n, p, gen)  # all n: keyed per sample
-            d = {k: active.take(v)[0] if isinstance(v, Tensor) else v for k, v in draws.items()}
-            x, done = active.take(current.x, current.success)
-            x_new = search.propose(x, part, d, done)
-            logits = oracle.scores(x_new)
-            current.consider(x_new, logits, _scores(sub, logits), sub.success(logits), active.rows)
-            spent = active.put(spent, active.take(spent)[0] + (~done).to(torch.int64))
-        best.consider(current.x, current.logits, current.loss, current.success, rows)
-        return spent
+            draws = search.draw(active.running, p, source)
+            x, logits, loss, success = state
+            x_new = search.propose(x, part, draws, success)
+            new_logits = oracle.scores(x_new)
+            candidate = (x_new, new_logits, _scores(sub, new_logits), sub.success(new_logits))
+            better = improves(candidate[3], candidate[2], success, loss)
+            state = keep_best(better, state, candidate)
+            spent = spent + (~success).to(torch.int64)
+        else:
+            full = tuple(
+                put_rows(f, active.rows, t) for f, t in zip(full, (*state, spent), strict=True)
+            )
+        best.consider(full[0], full[1], full[2], full[3], rows)
+        return full[4]
