@@ -198,6 +198,17 @@ def test_l1_box_projection_keeps_points_inside_unchanged() -> None:
     torch.testing.assert_close(p, torch.tensor([[0.0, 0.0, 0.1]], dtype=torch.float64))
 
 
+def test_exact_region_projects_onto_the_l1_ball_and_the_box() -> None:
+    x0 = torch.tensor([[0.2, 0.5, 0.9]], dtype=torch.float64)
+    y = x0 + torch.tensor([[0.0, 0.2, 0.5]], dtype=torch.float64)  # the box binds at 2
+    exact = advkit.L1().region(x0, 0.3, (0.0, 1.0), exact=True)
+    assert exact.subset(torch.tensor([0])).exact
+    # the budget the box leaves unused goes to coordinate 1: (0, 0.2, 0.1), norm 0.3
+    torch.testing.assert_close(exact(y) - x0, torch.tensor([[0.0, 0.2, 0.1]], dtype=torch.float64))
+    clip = advkit.L1().region(x0, 0.3, (0.0, 1.0))(y) - x0  # ball, then box: budget lost
+    assert float(clip.abs().sum()) < 0.29
+
+
 # --------------------------------------------------------------------------- oracles
 
 

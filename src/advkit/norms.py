@@ -60,17 +60,25 @@ class Norm(ABC):
         `advkit.functional.l2_hyperplane_project` and its Linf and L1 siblings). In the work
         dtype of ``x`` and ``w``, laid out like ``x``."""
 
+    def box_project(self, delta: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
+        """The projection of ``delta`` onto the ball that, followed by the clip to the box,
+        gives the exact projection onto the ball intersected with the box: the ball's own
+        (`project`) for Linf, and for L2 the one the reference attacks use; L1 overrides it
+        (`advkit.functional.l1_box_project`)."""
+        return self.project(delta, eps)
+
     def feasible(self, x: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
         """``clip(x0 + project(x - x0))``, exactly inside the ball and the box in ``x0``'s
         dtype and memory format (see `advkit.functional.feasible`)."""
         return F.feasible(x, x0, norm=self, eps=eps, bounds=bounds)
 
-    def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Region:
-        """The feasible set of one attack call, with whatever can be computed once kept."""
+    def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds, *, exact: bool = False) -> Region:
+        """The feasible set of one attack call, with whatever can be computed once kept;
+        ``exact``: points are brought in with `box_project` (see `Region`)."""
         radius = None
         if x0.dtype in (torch.float32, torch.float64):
             radius = F.safe_radius(x0, eps, self.p)
-        return Region(self, x0, eps, bounds, radius=radius)
+        return Region(self, x0, eps, bounds, radius=radius, exact=exact)
 
     def __str__(self) -> str:
         return self.name
@@ -83,7 +91,10 @@ class Region:
 
     Calling it maps a point to ``norm.feasible(x, x0, eps, bounds)``; for Linf
     the per-coordinate interval is computed once (`advkit.functional.linf_box`)
-    and a call is one ``clamp``.
+    and a call is one ``clamp``. With ``exact``, the perturbation is projected
+    with `Norm.box_project` instead of the ball's projection: for L1 the exact
+    projection onto the ball intersected with the box (what APGD-L1 and the L1
+    Square need), which projecting and then clipping is not.
 
     Attributes:
         norm: the threat model.
@@ -93,6 +104,7 @@ class Region:
         lo, hi: the Linf interval of every coordinate, or ``None``.
         radius: the `advkit.functional.safe_radius` of float32 / float64 inputs
             (other norms), or ``None``.
+        exact: project with `Norm.box_project`.
     """
 
     norm: Norm
@@ -102,13 +114,24 @@ class Region:
     lo: Tensor | None = None
     hi: Tensor | None = None
     radius: Tensor | None = None
+    exact: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.lo is not None and self.hi is not None:
             return torch.clamp(x.to(self.x0.dtype), self.lo, self.hi)
+        project = self._box_project if self.exact else None
         return F.feasible(
-            x, self.x0, norm=self.norm, eps=self.eps, bounds=self.bounds, radius=self.radius
+            x,
+            self.x0,
+            norm=self.norm,
+            eps=self.eps,
+            bounds=self.bounds,
+            project=project,
+            radius=self.radius,
         )
+
+    def _box_project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
+        return self.norm.box_project(delta, self.x0, eps, self.bounds)
 
     def subset(self, rows: Tensor) -> Region:
         """The region of the samples ``rows``."""
@@ -121,7 +144,14 @@ class Region:
             eps = eps.index_select(0, rows)
         x0 = self.x0.index_select(0, rows)
         return Region(
-            self.norm, x0, eps, self.bounds, pick(self.lo), pick(self.hi), pick(self.radius)
+            self.norm,
+            x0,
+            eps,
+            self.bounds,
+            pick(self.lo),
+            pick(self.hi),
+            pick(self.radius),
+            self.exact,
         )
 
 
@@ -154,8 +184,8 @@ class Linf(Norm):
         lo, hi = F.linf_box(x0, eps, bounds)
         return torch.clamp(x.to(x0.dtype), lo, hi)
 
-    def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Region:
-        lo, hi = F.linf_box(x0, eps, bounds)
+    def region(self, x0: Tensor, eps: F.Scalar, bounds: F.Bounds, *, exact: bool = False) -> Region:
+        lo, hi = F.linf_box(x0, eps, bounds)  # clamping to it is exact
         return Region(self, x0, eps, bounds, lo, hi)
 
 
@@ -212,6 +242,9 @@ class L1(Norm):
 
     def project(self, delta: Tensor, eps: F.Scalar) -> Tensor:
         return F.l1_project(delta, eps)
+
+    def box_project(self, delta: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
+        return F.l1_box_project(delta, x0, eps, bounds)
 
     def direction(self, grad: Tensor) -> Tensor:
         return F.l1_direction(grad, self.q)

@@ -159,19 +159,7 @@ class _L1Scheme(_Scheme):
         return l1_checkpoints(steps)
 
     def region(self, task: Task) -> Any:
-        x0, eps, bounds, norm = task.x0, task.budget(), task.bounds, task.norm
-
-        radius = F.safe_radius(x0, eps, 1.0) if x0.dtype in (torch.float32, torch.float64) else None
-
-        def project(delta: Tensor, e: F.Scalar) -> Tensor:
-            return F.l1_box_project(delta, x0, e, bounds)
-
-        def region(x: Tensor) -> Tensor:
-            return F.feasible(
-                x, x0, norm=norm, eps=eps, bounds=bounds, project=project, radius=radius
-            )
-
-        return region
+        return task.norm.region(task.x0, task.budget(), task.bounds, exact=True)
 
     def start(self, task: Task) -> Tensor:
         """A Gaussian point projected onto the L1 ball and the box (the reference's start)."""
