@@ -150,6 +150,23 @@ def test_l2_bump_is_the_papers_nested_rectangles() -> None:
     torch.testing.assert_close(pats.flatten(1).norm(dim=1), torch.ones(2, dtype=torch.float64))
 
 
+def test_l1_bump_decays_as_the_fourth_power_with_unit_l1_norm() -> None:
+    """Croce & Hein's L1 update (ICML 2021): the same rings, sum_{k=d}^{K-1} 1 / (k + 1)^4."""
+    b = _bump(5, 5, torch.float64, torch.device("cpu"), power=4)
+    raw = torch.tensor([1 + 1 / 16 + 1 / 81, 1 / 16 + 1 / 81, 1 / 81], dtype=torch.float64)
+    ring = torch.tensor(
+        [[2, 2, 2, 2, 2], [2, 1, 1, 1, 2], [2, 1, 0, 1, 2], [2, 1, 1, 1, 2], [2, 2, 2, 2, 2]]
+    )
+    expected = raw[ring]
+    torch.testing.assert_close(b, expected / expected.sum())
+    pats = _patterns(5, 5, torch.float64, torch.device("cpu"), power=4)
+    torch.testing.assert_close(pats[1], pats[0].T)
+    assert bool((pats[0][:2] > 0).all()) and bool((pats[0][2:] < 0).all())
+    # each half carries half the mass (the reference's halves, each of unit L1, then halved)
+    torch.testing.assert_close(pats[0][:2].sum(), torch.tensor(0.5, dtype=torch.float64))
+    torch.testing.assert_close(pats.abs().flatten(1).sum(1), torch.ones(2, dtype=torch.float64))
+
+
 # --------------------------------------------------------------------------- the start
 
 
@@ -193,10 +210,71 @@ def test_l2_start_has_norm_eps_in_a_grid_of_bumps() -> None:
     assert not torch.equal(d[0], d[1])  # signs and orientations are per sample
 
 
+def test_l1_start_is_the_grid_of_bumps_projected_onto_the_ball() -> None:
+    """The tiles carry far more than eps of L1 mass; the exact projection keeps the largest
+    coordinates (the bumps' centres) and zeroes the rest."""
+    model = Recorder()
+    x = torch.full((4, 1, 10, 10), 0.5)
+    advkit.Square(norm="l1", eps=2.0, queries=1)(
+        model, x, torch.zeros(4).long(), generator=seeded()
+    )
+    d = (model.seen[1] - x).double()
+    n = d.abs().flatten(1).sum(dim=1)
+    assert bool((n <= 2.0).all()) and bool((n > 2.0 * (1 - 1e-5)).all())
+    nonzero = (d != 0).flatten(1).sum(dim=1)
+    assert bool((nonzero >= 25).all()) and bool((nonzero < 100).all())  # sparse, every tile
+    assert not torch.equal(d[0], d[1])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_l1_queries_spend_the_whole_budget(channels: int) -> None:
+    """Away from the box, every L1 query lies on the sphere of radius eps: a proposal moves
+    mass between windows and gives the new window what the budget has left."""
+    model = Recorder()
+    x = torch.full((3, channels, 9, 9), 0.5)
+    advkit.Square(norm="l1", eps=1.5, queries=30)(
+        model, x, torch.zeros(3).long(), generator=seeded()
+    )
+    for q in model.seen[1:]:
+        n = (q - x).double().abs().flatten(1).sum(dim=1)  # float32 points: rounding below 1e-4
+        assert bool((n <= 1.5).all()) and bool((n > 1.5 * (1 - 1e-4)).all())
+
+
+def test_l1_proposal_follows_the_reference_rule() -> None:
+    """From the clean point, a proposal puts, per channel, a bump of mass eps (the unused
+    budget shared by the c channels, times c: the reference's rule) into the window, and
+    projects the result onto the L1 ball and the box."""
+    from advkit.attacks.square import _L1Search
+
+    x0 = torch.full((1, 3, 7, 7), 0.5, dtype=torch.float64)
+    eps = 0.6
+    search = _L1Search((3, 7, 7), torch.device("cpu"), edge=False)
+    const = {
+        "x0": x0.flatten(2),
+        "eps": torch.full((1, 1, 1), eps, dtype=torch.float64),
+        "region": advkit.L1().region(x0, eps, (0.0, 1.0), exact=True),
+    }
+    draw = {
+        "sides": (5, 5),
+        "corner": torch.tensor([[1, 2]]),
+        "corner2": torch.tensor([[0, 0]]),
+        "turn": torch.tensor([1]),
+        "sign": torch.tensor([[1, 0, 1]]),
+    }
+    out = search.propose(x0, const, draw, torch.tensor([False]))
+    bump = _patterns(5, 5, torch.float64, torch.device("cpu"), power=4)[1]
+    raw = torch.zeros_like(x0)
+    for ch, sign in enumerate((1.0, -1.0, 1.0)):
+        raw[0, ch, 1:6, 2:7] = sign * eps * bump
+    expected = F.l1_box_project(raw, x0, eps, (0.0, 1.0))
+    torch.testing.assert_close(out - x0, expected, atol=1e-9, rtol=0)
+    assert float((out - x0).abs().sum()) == pytest.approx(eps, rel=1e-5)
+
+
 # --------------------------------------------------------------------------- the search
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_exactly_feasible_at_the_box_edges_with_per_sample_eps(norm: str, dtype: Any) -> None:
     torch.manual_seed(0)
@@ -206,7 +284,7 @@ def test_exactly_feasible_at_the_box_edges_with_per_sample_eps(norm: str, dtype:
     x[:, :, :2] = torch.randint(0, 2, (5, 2, 2, 6), generator=g).float()  # pixels at 0 and 1
     x = x.to(dtype)
     y = torch.randint(0, NUM_CLASSES, (5,), generator=g)
-    eps = torch.tensor([0.0, 0.03, 0.1, 0.3, 1.0]) * (1 if norm == "linf" else 5)
+    eps = torch.tensor([0.0, 0.03, 0.1, 0.3, 1.0]) * {"linf": 1, "l2": 5, "l1": 20}[norm]
     res = advkit.Square(norm=norm, queries=40)(model, x, y, eps=eps, generator=seeded())
     assert res.x_adv.dtype == dtype
     assert_feasible(res, x, norm, eps)
@@ -235,7 +313,7 @@ def test_a_proposal_is_kept_only_if_it_strictly_improves() -> None:
     x = 0.2 + 0.6 * torch.rand(4, 1, 6, 6, generator=seeded(3))
     y = torch.zeros(4, dtype=torch.long)
     model = Plateau(x)
-    for norm in ("linf", "l2"):
+    for norm in ("linf", "l2", "l1"):
         start = advkit.Square(norm=norm, eps=0.1, queries=1)(model, x, y, generator=seeded(5))
         res = advkit.Square(norm=norm, eps=0.1, queries=30)(model, x, y, generator=seeded(5))
         assert not torch.equal(start.x_adv, x)
@@ -258,12 +336,12 @@ def test_linf_never_queries_a_proposal_that_changes_nothing() -> None:
         assert bool((q != queries[0]).flatten(1).any(dim=1).all())
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_results_do_not_depend_on_the_batch_with_sample_ids(norm: str) -> None:
     model, shape = make_model("conv")
     model.eval()
     x, y = make_batch(shape, batch=12)
-    attack = advkit.Square(norm=norm, eps={"linf": 0.05, "l2": 0.3}[norm], queries=40)
+    attack = advkit.Square(norm=norm, eps={"linf": 0.05, "l2": 0.3, "l1": 1.0}[norm], queries=40)
     whole = attack(model, x, y, generator=seeded(7), sample_ids=torch.arange(12))
     order = torch.tensor([11, 3, 7, 0, 5])
     rest = torch.tensor([i for i in range(12) if i not in order.tolist()])
@@ -280,7 +358,7 @@ def test_results_do_not_depend_on_the_batch_with_sample_ids(norm: str) -> None:
     assert not torch.equal(other.x_adv, whole.x_adv)  # the seed matters
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 @pytest.mark.parametrize(
     ("shape", "kind"),
     [((1, 5, 9), "image"), ((3, 9, 4), "image"), ((7,), "vector"), ((4, 9), "signal")],
@@ -296,7 +374,7 @@ def test_any_image_shape_vectors_and_signals(norm: str, shape: tuple[int, ...], 
         model, _ = make_model("seq")
     model.eval()
     x, y = make_batch(shape, batch=8)
-    eps = {"linf": 0.3, "l2": 1.5}[norm]
+    eps = {"linf": 0.3, "l2": 1.5, "l1": 4.0}[norm]
     res = advkit.Square(norm=norm, eps=eps, queries=60)(model, x, y, generator=seeded())
     assert_feasible(res, x, norm, eps)
     assert res.x_adv.shape == x.shape
@@ -311,8 +389,6 @@ def test_inputs_with_more_axes_are_refused_with_the_fix() -> None:
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(advkit.ConfigError, match="APGD\\(norm='l1'\\)"):
-        advkit.Square(norm="l1", eps=1.0)
     with pytest.raises(advkit.ConfigError, match="p_init"):
         advkit.Square(eps=0.1, p_init=1.5)
     with pytest.raises(advkit.ConfigError, match="queries"):
@@ -385,6 +461,18 @@ def test_breaks_a_quantized_model_where_gradient_attacks_find_nothing() -> None:
     assert square < 0.25  # the search breaks most of them
 
 
+def test_l1_breaks_a_quantized_model_where_apgd_finds_little() -> None:
+    _, _, x, y = digits_data()
+    x, y = x[:100], y[:100]
+    model = Quantized(digits_model())
+    eps = 3.0
+    apgd = advkit.APGD("l1", eps=eps, steps=20)(model, x, y, generator=seeded())
+    square = advkit.Square("l1", eps=eps, queries=100)(model, x, y, generator=seeded())
+    assert_feasible(square, x, "l1", eps)
+    assert apgd.robust_accuracy() > 0.85
+    assert square.robust_accuracy() < 0.4
+
+
 def test_close_to_the_exact_worst_case_of_a_linear_model() -> None:
     """Multiclass linear model, Linf: the exact robust accuracy is known in closed form. A
     search over vertices gets close; random noise of the same budget does not."""
@@ -445,12 +533,12 @@ class DtypeProbe(nn.Module):
         return out
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_queries_in_bf16_verdict_in_fp32(norm: str) -> None:
     _, _, x, y = digits_data()
     x, y = x[:40], y[:40]
     probe = DtypeProbe(digits_model())
-    eps = {"linf": 0.2, "l2": 1.0}[norm]
+    eps = {"linf": 0.2, "l2": 1.0, "l1": 3.0}[norm]
     res = advkit.Square(norm=norm, eps=eps, queries=30, precision="bf16")(
         probe, x, y, generator=seeded()
     )

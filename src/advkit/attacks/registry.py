@@ -123,7 +123,7 @@ REGISTRY: tuple[AttackEntry, ...] = (
         Square,
         "square",
         "score-based",
-        ("linf", "l2"),
+        ("linf", "l2", "l1"),
         "random search over square windows on the model's scores, no gradients "
         "(queries per sample in `result.queries`)",
         "Andriushchenko et al., ECCV 2020",

@@ -1,4 +1,5 @@
-"""Square Attack: a score-based random search over square windows, for the Linf and L2 balls."""
+"""Square Attack: a score-based random search over square windows, for the Linf, L2 and L1
+balls."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from advkit.attacks.base import Attack, Found
 from advkit.attacks.oracle import CompileSpec, Oracle, PrecisionSpec
 from advkit.attacks.task import Task, fork_generator, subset_source
 from advkit.attacks.tracking import ActiveSet, BestByObjective, improves, keep_best, put_rows
-from advkit.norms import NormSpec
+from advkit.norms import NormSpec, Region
 from advkit.objectives import margin
 
 __all__ = ["Square", "square_fraction", "window_sides"]
@@ -88,31 +89,38 @@ def window_sides(
 # --------------------------------------------------------------------------- L2 patterns
 
 
-def _bump(a: int, b: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    r"""An ``a x b`` block of nested rectangles, unit L2 norm: the value at Chebyshev distance
-    $d$ from the centre ``(a // 2, b // 2)`` is $\sum_{k=d}^{K-1} 1 / (k + 1)^2$,
-    $K = \max(a, b) // 2 + 1$ (the paper's L2 update, a smooth bump)."""
+def _bump(a: int, b: int, dtype: torch.dtype, device: torch.device, power: int = 2) -> Tensor:
+    r"""An ``a x b`` block of nested rectangles: the value at Chebyshev distance $d$ from the
+    centre ``(a // 2, b // 2)`` is $\sum_{k=d}^{K-1} 1 / (k + 1)^{power}$,
+    $K = \max(a, b) // 2 + 1$ (the paper's L2 update, a smooth bump, with ``power=2`` and
+    unit L2 norm; the L1 update of Croce & Hein, ICML 2021, with ``power=4`` and unit L1
+    norm)."""
     if a == 0 or b == 0:
         return torch.zeros((a, b), dtype=dtype, device=device)
     k = max(a // 2, b // 2) + 1
-    inv = 1.0 / torch.arange(1, k + 1, dtype=dtype, device=device) ** 2
+    inv = 1.0 / torch.arange(1, k + 1, dtype=dtype, device=device) ** power
     tail = inv.flip(0).cumsum(0).flip(0)  # tail[d] = sum over k >= d
     rows = (torch.arange(a, device=device) - a // 2).abs()
     cols = (torch.arange(b, device=device) - b // 2).abs()
     v: Tensor = tail[torch.maximum(rows[:, None], cols[None, :])]
-    norm: Tensor = torch.linalg.vector_norm(v)
-    return v / norm
+    return v / _unit_norms(v.reshape(1, -1), power).reshape(())
+
+
+def _unit_norms(v: Tensor, power: int) -> Tensor:
+    """Per row of ``v`` ``(R, N)``, its L2 norm (``power=2``) or L1 norm (``power=4``)."""
+    out: Tensor = torch.linalg.vector_norm(v, ord=2 if power == 2 else 1, dim=1)
+    return out
 
 
 @functools.lru_cache(maxsize=32)
-def _patterns(a: int, b: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _patterns(a: int, b: int, dtype: torch.dtype, device: torch.device, power: int = 2) -> Tensor:
     """``(2, a, b)``: the two halves of opposite sign split across the rows, then across the
-    columns (for a square window the second is the first transposed), unit L2 norm."""
-    rows = torch.cat([_bump(a // 2, b, dtype, device), -_bump(a - a // 2, b, dtype, device)], 0)
-    cols = torch.cat([_bump(a, b // 2, dtype, device), -_bump(a, b - b // 2, dtype, device)], 1)
-    out = torch.stack([rows, cols])
-    norms: Tensor = torch.linalg.vector_norm(out.flatten(1), dim=1)
-    return out / norms[:, None, None]
+    columns (for a square window the second is the first transposed), of unit L2 norm
+    (``power=2``) or unit L1 norm (``power=4``), see `_bump`."""
+    top, bottom = _bump(a // 2, b, dtype, device, power), _bump(a - a // 2, b, dtype, device, power)
+    left, right = _bump(a, b // 2, dtype, device, power), _bump(a, b - b // 2, dtype, device, power)
+    out = torch.stack([torch.cat([top, -bottom], 0), torch.cat([left, -right], 1)])
+    return out / _unit_norms(out.flatten(1), power)[:, None, None]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -158,6 +166,13 @@ def _corner(
     cut = 0 if edge else 1
     spans = (max(height - sides[0] + 1 - cut, 1), max(width - sides[1] + 1 - cut, 1))
     return torch.stack([bits[:, 0] % spans[0], bits[:, 1] % spans[1]], dim=1)
+
+
+def _rows(v: Any, rows: Tensor) -> Any:
+    """The ``rows`` of a search constant: a tensor's or a region's rows, else itself."""
+    if isinstance(v, (Tensor, Region)):
+        return v.index_select(0, rows) if isinstance(v, Tensor) else v.subset(rows)
+    return v
 
 
 def _scores(task: Task, logits: Tensor) -> Tensor:
@@ -254,6 +269,9 @@ class _L2Search(_Search):
     second window into a new bump in the first. Windows are read and written through
     ``(R, C, H * W)`` views; the image-wide work is the rescaling and the feasible set."""
 
+    power = 2
+    """The bumps' decay and norm (`_bump`)."""
+
     def constants(self, task: Task) -> dict[str, Any]:
         x0 = task.x0
         work = F.work_dtype(x0.dtype)
@@ -262,7 +280,8 @@ class _L2Search(_Search):
             e = eps.to(device=x0.device, dtype=work).expand(task.batch_size)
         else:
             e = torch.full((task.batch_size,), float(eps), dtype=work, device=x0.device)
-        return {"x0": self.flat(x0.to(work)), "eps": e.reshape(-1, 1, 1), "region": task.region}
+        region = task.norm.region(x0, eps, task.bounds, exact=True)
+        return {"x0": self.flat(x0.to(work)), "eps": e.reshape(-1, 1, 1), "region": region}
 
     def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
         """A grid of bumps (about 5 x 5 over the image), each with a random orientation and a
@@ -273,13 +292,15 @@ class _L2Search(_Search):
         oh, ow = (self.h - nh * th) // 2, (self.w - nw * tw) // 2
         turn = F.randint(0, 2, (b, nh * nw), gen, device=dev)
         sign = F.randint(0, 2, (b, self.c * nh * nw), gen, device=dev).to(x0.dtype) * 2 - 1
-        pats = _patterns(th, tw, x0.dtype, x0.device)[turn].reshape(b, 1, nh, nw, th, tw)
-        tiles = pats * sign.reshape(b, self.c, nh, nw, 1, 1)
+        pats = _patterns(th, tw, x0.dtype, x0.device, self.power)[turn]
+        tiles = pats.reshape(b, 1, nh, nw, th, tw) * sign.reshape(b, self.c, nh, nw, 1, 1)
         delta = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b, self.c, nh * th, nw * tw)
         delta = nnf.pad(delta, (ow, self.w - ow - nw * tw, oh, self.h - oh - nh * th))
-        delta = self.flat(delta)
+        return self._first(self.flat(delta), const)
+
+    def _first(self, delta: Tensor, const: dict[str, Any]) -> Tensor:
         n = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True)
-        return self._place(x0 + delta * (const["eps"] / n.clamp_min(1e-12)), const)
+        return self._place(const["x0"] + delta * (const["eps"] / n.clamp_min(1e-12)), const)
 
     @staticmethod
     def _place(x: Tensor, const: dict[str, Any]) -> Tensor:
@@ -299,10 +320,8 @@ class _L2Search(_Search):
         }
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
-        x0, eps, sides = const["x0"], const["eps"], d["sides"]
-        work = x0.dtype
-        delta = self.flat(x).to(work) - x0
-        total = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True) ** 2  # squared norms
+        x0, sides = const["x0"], d["sides"]
+        delta = self.flat(x).to(x0.dtype) - x0
         first, second = d["corner"], d["corner2"]
         i1 = _window_index(first, sides, self.w).expand(-1, self.c, -1)
         i2 = _window_index(second, sides, self.w).expand(-1, self.c, -1)
@@ -313,14 +332,33 @@ class _L2Search(_Search):
         in_rows = (rows >= 0) & (rows < sides[0])
         in_cols = (cols >= 0) & (cols < sides[1])
         shared = (in_rows[:, :, None] & in_cols[:, None, :]).reshape(x.shape[0], 1, -1)
+        # The new window: a bump (per sample orientation, per channel sign) plus the old
+        # window's direction.
+        bump = _patterns(sides[0], sides[1], x0.dtype, x.device, self.power).flatten(1)
+        sign = (d["sign"].to(x0.dtype) * 2 - 1).unsqueeze(2)
+        out = self._move(
+            delta, const, (i1, i2), (d1, d2), shared, bump[d["turn"]].unsqueeze(1) * sign
+        )
+        return torch.where(F.batch_view(done, x.ndim), x, out)
+
+    def _move(
+        self,
+        delta: Tensor,
+        const: dict[str, Any],
+        index: tuple[Tensor, Tensor],
+        windows: tuple[Tensor, Tensor],
+        shared: Tensor,
+        bump: Tensor,
+    ) -> Tensor:
+        """The point with the second window emptied and the first set to ``bump`` plus its old
+        direction, carrying the mass of both windows plus an equal share per channel of what
+        the budget has left; the perturbation rescaled to ``eps``, brought into the box."""
+        x0, eps = const["x0"], const["eps"]
+        (i1, i2), (d1, d2) = index, windows
+        total = torch.linalg.vector_norm(delta, dim=(1, 2), keepdim=True) ** 2  # squared norms
         mass1 = d1.square().sum(dim=2, keepdim=True)
         mass = mass1 + torch.where(shared, 0.0, d2.square()).sum(dim=2, keepdim=True)
-        # The new window: a bump (per sample orientation, per channel sign) plus the old
-        # window's direction, carrying the mass of both windows plus an equal share per
-        # channel of what the budget has left.
-        bump = _patterns(sides[0], sides[1], work, x.device).flatten(1)[d["turn"]].unsqueeze(1)
-        sign = (d["sign"].to(work) * 2 - 1).unsqueeze(2)
-        new = bump * sign + d1 / mass1.sqrt().clamp_min(1e-12)
+        new = bump + d1 / mass1.sqrt().clamp_min(1e-12)
         room = (eps**2 - total).clamp_min(0) / self.c + mass
         length = torch.linalg.vector_norm(new, dim=2, keepdim=True)
         new = new * (room.sqrt() / length.clamp_min(1e-12))
@@ -330,14 +368,51 @@ class _L2Search(_Search):
             total - mass.sum(dim=1, keepdim=True) + new.square().sum(dim=(1, 2), keepdim=True)
         )
         scale = eps / moved_sq.clamp_min(0).sqrt().clamp_min(1e-12)
-        out = self._place(torch.addcmul(x0, moved, scale), const)
-        return torch.where(F.batch_view(done, x.ndim), x, out)
+        return self._place(torch.addcmul(x0, moved, scale), const)
+
+
+class _L1Search(_L2Search):
+    """The L1 form of Croce & Hein (ICML 2021, "Mind the box", whose AutoAttack runs it):
+    bumps that decay as ``1 / (k + 1)**4`` with unit L1 norm, and every point the exact
+    projection onto the L1 ball and the box (`advkit.norms.Region` with ``exact``)."""
+
+    power = 4
+
+    def _first(self, delta: Tensor, const: dict[str, Any]) -> Tensor:
+        # The tiles themselves (unit L1 mass each per channel), projected: as the reference.
+        return self._place(const["x0"] + delta, const)
+
+    def _move(
+        self,
+        delta: Tensor,
+        const: dict[str, Any],
+        index: tuple[Tensor, Tensor],
+        windows: tuple[Tensor, Tensor],
+        shared: Tensor,
+        bump: Tensor,
+    ) -> Tensor:
+        """The second window emptied, the first set to ``bump`` plus its old direction with,
+        per channel, the L1 mass of both windows and what the budget has left, times the
+        number of channels (the reference's rule: on colour images the window takes mass
+        from the rest of the image through the projection)."""
+        x0, eps = const["x0"], const["eps"]
+        (i1, i2), (d1, d2) = index, windows
+        total = delta.abs().sum(dim=(1, 2), keepdim=True)
+        mass1 = d1.abs().sum(dim=2, keepdim=True)
+        mass = mass1 + torch.where(shared, 0.0, d2.abs()).sum(dim=2, keepdim=True)
+        new = bump + d1 / mass1.clamp_min(1e-12)
+        room = ((eps - total).clamp_min(0) / self.c + mass) * self.c
+        new = new * (room / new.abs().sum(dim=2, keepdim=True).clamp_min(1e-12))
+        moved = delta.scatter(2, i2, 0.0).scatter_(2, i1, new)
+        return self._place(x0 + moved, const)
 
 
 class Square(Attack):
     r"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a
     query-efficient black-box adversarial attack via random search", ECCV 2020): a
-    score-based random search, for the Linf and L2 balls.
+    score-based random search, for the Linf and L2 balls, and the L1 ball in the form
+    of Croce & Hein ("Mind the box: l1-APGD for sparse adversarial attacks on image
+    classifiers", ICML 2021) that AutoAttack runs in L1.
 
     It needs the model's scores only, no gradient, so it breaks models whose
     gradients are useless (quantized or non-differentiable inputs, saturated
@@ -362,6 +437,13 @@ class Square(Attack):
       first and an equal share per channel of the unused budget into a new
       bump in the first; the perturbation is rescaled to norm $\epsilon$, then
       brought into the box (`advkit.norms.Region`).
+    - L1: the same moves with bumps that decay as $1/(k+1)^4$ and have unit L1
+      mass. The start is the grid of bumps projected onto the L1 ball and the
+      box (the exact projection, which keeps the bumps' peaks); a proposal
+      gives the new bump, per channel, the L1 mass of both windows plus the
+      unused budget shared among the channels, times the number of channels
+      (the reference's rule: on colour images the new window draws mass from
+      the rest of the image), and projects the point the same way.
 
     The attack first evaluates the clean inputs (one forward pass, none when
     known, e.g. inside an `advkit.Ensemble`) and searches only the samples
@@ -393,7 +475,7 @@ class Square(Attack):
     counts the iterations after it).
 
     Args:
-        norm: ``"linf"`` (default) or ``"l2"``.
+        norm: ``"linf"`` (default), ``"l2"`` or ``"l1"``.
         eps: radius of the ball in input space (may also be given per call, per sample).
         queries: the query budget per sample and restart, the start included
             (the paper's 10,000; AutoAttack runs 5,000).
@@ -414,7 +496,7 @@ class Square(Attack):
             batch sizes.
 
     Raises:
-        ConfigError: a norm other than Linf and L2, or bad settings.
+        ConfigError: bad settings (``p_init``, ``queries``, ``restarts``, ``positions``).
 
     Examples:
         >>> import advkit
@@ -441,11 +523,6 @@ class Square(Attack):
         compile: CompileSpec = False,
     ) -> None:
         super().__init__(norm=norm, eps=eps, objective=margin, precision=precision, compile=compile)
-        if self.norm.name not in ("linf", "l2"):
-            raise checks.ConfigError(
-                f"Square searches the Linf and L2 balls (norm='linf' or 'l2'), got "
-                f"norm={self.norm.name!r}; for L1 use APGD(norm='l1')."
-            )
         self.queries = checks.check_positive_int(queries, "queries")
         ok = isinstance(p_init, (int, float)) and not isinstance(p_init, bool)
         if not ok or not 0.0 < p_init <= 1.0:
@@ -472,9 +549,8 @@ class Square(Attack):
     def run(self, oracle: Oracle, task: Task) -> Found:
         task.budget()
         shape = _image_shape(tuple(task.x0.shape[1:]))
-        search: _Search = (_L2Search if task.norm.name == "l2" else _LinfSearch)(
-            shape, task.x0.device, self.positions == "uniform"
-        )
+        kind = {"linf": _LinfSearch, "l2": _L2Search, "l1": _L1Search}[task.norm.name]
+        search: _Search = kind(shape, task.x0.device, self.positions == "uniform")
         clean = oracle.clean_logits(task)
         best = BestByObjective()
         best.consider(task.x0, clean, _scores(task, clean), task.success(clean))
@@ -526,12 +602,7 @@ class Square(Attack):
                     spent = spent.index_select(0, kept)
                     assert active.rows is not None
                     sub = task.subset(active.rows)
-                    part = {
-                        k: v.index_select(0, kept) if isinstance(v, Tensor) else v
-                        for k, v in part.items()
-                    }
-                    if "region" in part:
-                        part["region"] = sub.region
+                    part = {k: _rows(v, kept) for k, v in part.items()}
                     source = subset_source(source, kept)
             p = square_fraction(i, self.queries, self.p_init, self.rescale)
             draws = search.draw(active.running, p, source)
