@@ -53,6 +53,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-ce": {**APGD_CE, "restarts": 5, "large_eps": True},
         "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
         "fab-t": FAB_T,
+        "square": SQUARE,
     },
     ("plus", "l2"): {
         "apgd-ce": {**APGD_CE, "restarts": 5},
@@ -79,8 +80,10 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-ce": {**APGD_CE, "large_eps": True},
         "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
         "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+        "probe-square": {**SQUARE, "queries": 250},
         "apgd-t-rest": {**APGD_T, "targets": 5, "skip": 5, "large_eps": True},
         "fab-t": FAB_T,
+        "square": SQUARE,
     },
 }
 

@@ -92,26 +92,26 @@ class _Build:
 def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Attack]:
     """The members of ``version``, in the order they run."""
     l1 = b.norm == "l1"
-    square = {} if l1 else {"square": b.square()}
     if version == "standard":
         if l1:
             return {
                 "apgd-ce": b.apgd(cross_entropy, restarts=5, large_eps=True),
                 "apgd-t": b.apgd_t(num_targets or 5, large_eps=True),
                 "fab-t": MultiTargeted(b.fab(), num_targets),
+                "square": b.square(),
             }
         return {
             "apgd-ce": b.apgd(cross_entropy),
             "apgd-t": b.apgd_t(num_targets),
             "fab-t": MultiTargeted(b.fab(), num_targets),
-            **square,
+            "square": b.square(),
         }
     if version == "plus":
         return {
             "apgd-ce": b.apgd(cross_entropy, restarts=5),
             "apgd-dlr": b.apgd(dlr, restarts=5),
             "fab": b.fab(restarts=5),
-            **square,
+            "square": b.square(),
             "apgd-t": b.apgd_t(num_targets),
             "fab-t": MultiTargeted(b.fab(), num_targets),
         }
@@ -124,16 +124,15 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
     # probes run only where a probe broke a sample (`_Staged`).
     # The escalation completes standard: its APGD-T targets after fast's (none in L1, where
     # standard has 5 too), its FAB-T and its Square, each with standard's draws.
-    probe_square = {} if l1 else {"probe-square": b.square(max(b.queries // 20, 1))}
     first = num_targets or 5
     return {
         "apgd-ce": b.apgd(cross_entropy, large_eps=l1),
         "apgd-t": b.apgd_t(first, large_eps=l1),
         "probe-fab-t": MultiTargeted(b.fab(steps=max(b.steps // 2, 1)), 1),
-        **probe_square,
+        "probe-square": b.square(max(b.queries // 20, 1)),
         "apgd-t-rest": b.apgd_t(first if l1 else num_targets, skip=first, large_eps=l1),
         "fab-t": MultiTargeted(b.fab(), num_targets),
-        **square,
+        "square": b.square(),
     }
 
 
@@ -178,7 +177,8 @@ class AutoAttack(_Staged):
                  positions="reference"``).
                  L1 (Croce & Hein, ICML 2021): ``apgd-ce`` with 5 restarts and the
                  large-eps schedule (``APGD(large_eps=True)``), ``apgd-t`` with 5
-                 targets and the large-eps schedule, ``fab-t`` (9 targets).
+                 targets and the large-eps schedule, ``fab-t`` (9 targets),
+                 ``square`` (its L1 form, 5000 queries, as above).
     plus         ``apgd-ce`` and ``apgd-dlr`` with 5 restarts each, ``fab``
                  (untargeted, 5 restarts), ``square``, ``apgd-t`` (9 targets),
                  ``fab-t`` (9 targets).
@@ -189,7 +189,7 @@ class AutoAttack(_Staged):
                  top 5 other classes (L1: both with the large-eps schedule), then
                  two probes: ``probe-fab-t`` (FAB-T, 1 target, ``steps // 2``)
                  and ``probe-square`` (the first ``queries // 20`` of
-                 standard's Square; none in L1). Only where a probe breaks a
+                 standard's Square). Only where a probe breaks a
                  sample does it go on with the rest of ``standard``:
                  ``apgd-t-rest`` (its targets 6 to 9), ``fab-t``, ``square``
                  (the escalation, with a ``DiagnosticWarning``).
@@ -207,9 +207,7 @@ class AutoAttack(_Staged):
       whose targeted form needs 4 classes, is replaced by the margin
       (`advkit.objectives.margin`) in every member on models with fewer;
     * Square's window positions are drawn per sample, so results do not depend
-      on the batch (keyed by ``sample_ids``), and it takes any image shape;
-    * advkit's `Square` has no L1 form, so the L1 ``standard`` version runs
-      without it (the reference adds an L1 Square with 5000 queries).
+      on the batch (keyed by ``sample_ids``), and it takes any image shape.
 
     The ``fast`` version is advkit's answer to the cost of ``standard``, which
     spends most of its passes in FAB-T and Square on the samples APGD leaves
