@@ -31,9 +31,9 @@ unless said otherwise:
   by the reference gradient attack at ``eps`` but not at a larger budget.
 * ``unbounded_not_broken``: at a budget that reaches the whole input box, the
   reference gradient attack leaves more than 10% of the samples robust.
-* ``gradient_free_stronger``: a score-based attack (`advkit.Square` in Linf and
-  L2, else the random search of this module) breaks more than 5% (and at
-  least 2) of the samples the gradient attacks left robust at ``eps``.
+* ``gradient_free_stronger``: a score-based attack (`advkit.Square`; on inputs
+  of more than four axes the random search of this module) breaks more than 5%
+  (and at least 2) of the samples the gradient attacks left robust at ``eps``.
 
 The reference gradient attack is APGD (``steps=10`` by default, from the
 clean input, early stopping) on the objective under test, run at ``eps``, at
@@ -321,11 +321,9 @@ class _RandomSearch(Attack):
 
 
 def _score_attack(norm: Norm, queries: int) -> tuple[Attack, str]:
-    """`advkit.Square` with ``queries`` queries (Linf, L2), else this module's random search
-    (L1 and other norms)."""
-    if norm.name in ("linf", "l2"):
-        return Square(norm=norm, queries=queries), "Square"
-    return _RandomSearch(norm=norm, queries=queries), "random search"
+    """`advkit.Square` with ``queries`` queries (on inputs of more than four axes, which
+    Square does not search, `_measure` runs this module's random search instead)."""
+    return Square(norm=norm, queries=queries), "Square"
 
 
 # ---------------------------------------------------------------------- measuring
