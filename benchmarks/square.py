@@ -9,10 +9,10 @@ Andriushchenko et al.'s Square Attack (ECCV 2020) as implemented by
 
 with the same budget of ``--queries`` (Q) model evaluations per image, the
 start included: advkit's ``queries`` counts the start, the reference's
-``n_queries`` counts the iterations after it. Linf and L2 (the reference's
-Square has no L1).
+``n_queries`` counts the iterations after it. Linf, L2 and L1 (the L1 form
+of Croce & Hein, ICML 2021, in both).
 
-The models, their eps grids (Linf and L2), the training, the weight cache
+The models, their eps grids, the training, the weight cache
 (``benchmarks/.cache/apgd/``) and the verdict are ``benchmarks/apgd.py``'s:
 the digits CNN standard and adversarially trained, the MNIST-subset CNN
 standard and adversarially trained. A sample is robust when the model
@@ -34,14 +34,14 @@ samples one library broke and the other did not.
 
 Run from the repository root:
 
-    python benchmarks/square.py --threads 1                  # 4 models, Linf and L2, 5,000 queries
+    python benchmarks/square.py --threads 1                  # 4 models, Linf, L2, L1, 5,000 queries
     python benchmarks/square.py --queries 1000 --n 200 --seeds 2
     python benchmarks/square.py --quick                      # digits models, 64 images, 200 queries
     python benchmarks/square.py --help
 
 Results go to ``benchmarks/results/square-<device>[-<tag>]-<YYYYMMDD>.json``;
 the Markdown tables go into ``benchmarks/README.md`` between the markers
-``<!-- square.py:<device>:begin -->`` and ``<!-- square.py:<device>:end -->``
+``<!-- square.py:<device>[-<tag>]:begin -->`` and ``<!-- square.py:<device>[-<tag>]:end -->``
 (not for ``--quick`` unless ``--readme`` is given).
 """
 
@@ -69,7 +69,7 @@ import apgd as bench  # noqa: E402  (the models, their cache, load_data, judge, 
 import run as throughput  # noqa: E402  (Counting, machine_info, update_readme)
 
 DEFAULT_README = HERE / "README.md"
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l1")
 LIBRARIES = ("advkit", "reference")
 NAMES = {"advkit": "advkit", "reference": "AutoAttack"}
 
@@ -108,7 +108,7 @@ def reference_square(norm: str, eps: float, queries: int) -> tuple[str, RunFn]:
     def run(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, Tensor, int | None]:
         attack = SquareAttack(
             model,
-            norm={"linf": "Linf", "l2": "L2"}[norm],
+            norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm],
             eps=eps,
             n_queries=queries - 1,  # it counts the iterations after its start
             p_init=0.8,
@@ -365,7 +365,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--models", type=bench._csv, default=None, help=f"comma list of {', '.join(bench.MODELS)}"
     )
-    p.add_argument("--norms", type=bench._csv, default=list(NORMS), help="linf, l2 or both")
+    p.add_argument("--norms", type=bench._csv, default=list(NORMS), help="comma list of linf, l2, l1")
     p.add_argument(
         "--eps",
         type=bench._eps_override,
@@ -382,7 +382,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="train afresh, store nothing")
     p.add_argument("--retrain", action="store_true", help="train afresh and overwrite the cache")
     p.add_argument("--results-dir", type=Path, default=bench.DEFAULT_RESULTS)
-    p.add_argument("--tag", default=None, help="added to the results file name")
+    p.add_argument("--tag", default=None, help="added to the results file name and the README markers")
     p.add_argument("--readme", type=Path, default=None, help="README to update (default: ours)")
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--hide-times", action="store_true", help="leave wall times out of the README")
@@ -405,7 +405,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if bad:
             p.error(f"{flag}: unknown {bad}; choose from {', '.join(allowed)}")
     if any(norm not in NORMS for norm, _ in args.eps):
-        p.error("--eps: Square runs for linf and l2 only")
+        p.error(f"--eps: Square runs for {', '.join(NORMS)} only")
     if args.queries < 2 or args.seeds < 1:
         p.error("--queries must be at least 2 and --seeds positive")
     return args
@@ -495,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("\n" + block + "\n")
     readme = args.readme if args.readme is not None else (None if args.quick else DEFAULT_README)
     if readme is not None and not args.no_readme:
-        throughput.update_readme(readme, device.type, block, script="square.py")
+        where = device.type + (f"-{args.tag}" if args.tag else "")
+        throughput.update_readme(readme, where, block, script="square.py")
         print(f"Updated {readme}")
     print(f"Wrote {path} ({elapsed:.1f} s)")
     return record
