@@ -483,3 +483,27 @@ def test_large_eps_schedule_with_few_steps_and_early_stop(steps: int) -> None:
     dist = (res.x_adv.double() - x.double()).flatten(1).abs().sum(1)
     assert (dist <= 1.0).all() and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     assert torch.equal(res.success, res.logits.argmax(1) != y)
+
+
+@pytest.mark.parametrize("large_eps", [False, True])
+def test_skip_restarts_runs_the_rest_of_a_run_with_its_draws(large_eps: bool) -> None:
+    """With sample_ids, the restarts after the first, run alone, break exactly what the full
+    run breaks beyond its first restart (AutoAttack's fast version completes standard so)."""
+    _, _, x, y = digits_data()
+    x, y = x[:60], y[:60]
+    model = digits_model()
+    ids = torch.arange(60)
+    kw: dict[str, Any] = {"steps": 6, "large_eps": large_eps}
+    full = advkit.APGD("l1", 2.0, restarts=3, **kw)
+    first = advkit.APGD("l1", 2.0, restarts=1, **kw)
+    rest = advkit.APGD("l1", 2.0, restarts=3, skip_restarts=1, **kw)
+    runs = [
+        a(model, x, y, generator=torch.Generator().manual_seed(4), sample_ids=ids)
+        for a in (full, first, rest)
+    ]
+    assert int(runs[1].success.sum()) < int(runs[0].success.sum())  # later restarts matter
+    assert torch.equal(runs[0].success, runs[1].success | runs[2].success)
+    assert runs[2].forward_passes < runs[0].forward_passes
+    assert "skip_restarts=1" in repr(rest) and "skip_restarts" not in repr(full)
+    with pytest.raises(advkit.ConfigError, match="skip_restarts"):
+        advkit.APGD("l1", 2.0, restarts=2, skip_restarts=2)

@@ -24,7 +24,8 @@ def settings_of(attack: advkit.Attack) -> dict[str, Any]:
     out: dict[str, Any] = {"cls": type(inner).__name__, "norm": str(attack.norm)}
     if isinstance(attack, advkit.MultiTargeted):
         out["targets"], out["skip"] = attack.num_targets, attack.skip
-    keys = ("steps", "restarts", "queries", "p_init", "rescale", "positions", "eot")
+    keys = ("steps", "restarts", "skip_restarts", "queries", "p_init", "rescale", "positions")
+    keys += ("eot",)
     keys += ("large_eps", "early_stop")
     for key in keys:
         if hasattr(inner, key):
@@ -81,6 +82,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
         "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
         "probe-square": {**SQUARE, "queries": 250},
+        "apgd-ce-rest": {**APGD_CE, "restarts": 5, "skip_restarts": 1, "large_eps": True},
         "apgd-t-rest": {**APGD_T, "targets": 5, "skip": 5, "large_eps": True},
         "fab-t": FAB_T,
         "square": SQUARE,
@@ -186,6 +188,8 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
         honest = aa(base, x, y, generator=gen(), sample_ids=ids)
     assert [p.name for p in honest.parts] == ["apgd-ce", "apgd-t", "probe-fab-t", "probe-square"]
     assert aa.gated == {"apgd-t-rest", "fab-t", "square"}
+    l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: standard's APGD-CE restarts too
+    assert l1.gated == {"apgd-ce-rest", "apgd-t-rest", "fab-t", "square"}
 
     masked = Quantized()
     with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD") as rec:

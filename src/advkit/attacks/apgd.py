@@ -273,6 +273,11 @@ class APGD(Attack):
         steps: gradient steps per restart (the paper's $N_{iter}$, 100).
         restarts: runs from independent random starts, each on the samples
             still robust.
+        skip_restarts: leave out the first ``skip_restarts`` restarts (their
+            random starts are drawn and discarded, so the others start where
+            they would in a full run): the rest of a run that stopped after
+            them, as `advkit.AutoAttack`'s ``fast`` version completes
+            ``standard``'s L1 restarts. Below ``restarts``; default 0.
         objective: the loss to maximise: `advkit.objectives.cross_entropy`
             (APGD-CE, default), `advkit.objectives.dlr` (APGD-DLR, needs at
             least 3 classes; targeted 4) or any ``(logits, labels, targets) -> (B,)``.
@@ -315,6 +320,7 @@ class APGD(Attack):
         precision: PrecisionSpec = None,
         compile: CompileSpec = False,
         eot: int = 1,
+        skip_restarts: int = 0,
     ) -> None:
         super().__init__(
             norm=norm,
@@ -326,6 +332,12 @@ class APGD(Attack):
         )
         self.steps = checks.check_positive_int(steps, "steps")
         self.restarts = checks.check_positive_int(restarts, "restarts")
+        self.skip_restarts = checks.check_positive_int(skip_restarts, "skip_restarts", minimum=0)
+        if self.skip_restarts >= self.restarts:
+            raise checks.ConfigError(
+                f"skip_restarts={self.skip_restarts} leaves none of the {self.restarts} "
+                "restarts to run: it must be below restarts."
+            )
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < rho <= 1.0:
             raise checks.ConfigError(f"rho must be a fraction in (0, 1], got {rho!r}.")
         self.rho = float(rho)
@@ -347,6 +359,7 @@ class APGD(Attack):
             "random_init": self.random_init,
             "early_stop": self.early_stop,
             "large_eps": self.large_eps,
+            **({"skip_restarts": self.skip_restarts} if self.skip_restarts else {}),
         }
 
     def run(self, oracle: Oracle, task: Task) -> Found:
@@ -354,8 +367,11 @@ class APGD(Attack):
         scheme = (_L1Scheme if task.norm.name == "l1" else _Scheme)(self, task)
         best = BestByObjective()
         for restart in range(self.restarts):
+            if restart < self.skip_restarts:  # its draws, discarded (no pass)
+                _ = self._large_eps_start(task) if self.large_eps else scheme.start(task)
+                continue
             active = ActiveSet(task.batch_size)
-            if restart > 0 and not active.update(best.success):
+            if restart > self.skip_restarts and not active.update(best.success):
                 break
             if self.large_eps:
                 self._run_large_eps(oracle, task, scheme, best, active)
@@ -378,10 +394,7 @@ class APGD(Attack):
         first = math.ceil(0.3 * self.steps)
         stages = [(3.0, first), (2.0, first), (1.0, max(self.steps - 2 * first, 0))]
         eps = task.budget()
-        x0 = task.x0
-        draw = F.work_dtype(x0.dtype)
-        noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
-        point = x0.to(draw) + noise
+        point = self._large_eps_start(task)
         for k, (scale, steps) in enumerate(stages):
             final = k == len(stages) - 1
             if steps < 1 and not final:  # the last stage always scores its start
@@ -391,6 +404,15 @@ class APGD(Attack):
             point = self._run_once(
                 oracle, stage, scheme, point, best if final else None, active, steps, warm=True
             )
+
+    @staticmethod
+    def _large_eps_start(task: Task) -> Tensor:
+        """The large-eps schedule's start: the clean input plus Gaussian noise (projected by
+        its first stage)."""
+        x0 = task.x0
+        draw = F.work_dtype(x0.dtype)
+        noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
+        return x0.to(draw) + noise
 
     def _run_once(
         self,

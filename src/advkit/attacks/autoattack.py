@@ -122,14 +122,21 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
         }
     # fast: see the class docstring for the measurements behind it. The members after the
     # probes run only where a probe broke a sample (`_Staged`).
-    # The escalation completes standard: its APGD-T targets after fast's (none in L1, where
-    # standard has 5 too), its FAB-T and its Square, each with standard's draws.
+    # The escalation completes standard: in L1 its APGD-CE restarts after the first, then its
+    # APGD-T targets after fast's (none in L1, where standard has 5 too), its FAB-T and its
+    # Square, each with standard's draws.
     first = num_targets or 5
+    rest_ce = (
+        {"apgd-ce-rest": b.apgd(cross_entropy, restarts=5, skip_restarts=1, large_eps=True)}
+        if l1
+        else {}
+    )
     return {
         "apgd-ce": b.apgd(cross_entropy, large_eps=l1),
         "apgd-t": b.apgd_t(first, large_eps=l1),
         "probe-fab-t": MultiTargeted(b.fab(steps=max(b.steps // 2, 1)), 1),
         "probe-square": b.square(max(b.queries // 20, 1)),
+        **rest_ce,
         "apgd-t-rest": b.apgd_t(first if l1 else num_targets, skip=first, large_eps=l1),
         "fab-t": MultiTargeted(b.fab(), num_targets),
         "square": b.square(),
@@ -139,7 +146,7 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
 PROBES: tuple[str, ...] = ("probe-fab-t", "probe-square")
 """The members of the ``fast`` version whose success escalates it (`AutoAttack`)."""
 
-ESCALATION: tuple[str, ...] = ("apgd-t-rest", "fab-t", "square")
+ESCALATION: tuple[str, ...] = ("apgd-ce-rest", "apgd-t-rest", "fab-t", "square")
 """The members of the ``fast`` version that run only when a probe broke a sample."""
 
 
@@ -191,6 +198,7 @@ class AutoAttack(_Staged):
                  and ``probe-square`` (the first ``queries // 20`` of
                  standard's Square). Only where a probe breaks a
                  sample does it go on with the rest of ``standard``:
+                 in L1 ``apgd-ce-rest`` (its APGD-CE restarts 2 to 5), then
                  ``apgd-t-rest`` (its targets 6 to 9), ``fab-t``, ``square``
                  (the escalation, with a ``DiagnosticWarning``).
     ===========  =====================================================================
@@ -285,9 +293,10 @@ class AutoAttack(_Staged):
             few: _Build(name, eps, self.steps, self.queries, precision, compile, few)
             for few in (False, True)
         }
+        members = _members(version, self._build[False], self.num_targets)
         super().__init__(
-            _members(version, self._build[False], self.num_targets),
-            gated=frozenset(ESCALATION) if version == "fast" else frozenset(),
+            members,
+            gated=frozenset(ESCALATION).intersection(members) if version == "fast" else frozenset(),
             eps=eps,
             shared_seed=True,
         )
