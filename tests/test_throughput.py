@@ -399,10 +399,37 @@ def test_early_stop_finds_the_same_successes_and_shrinks_the_batch(norm: str) ->
     assert 0.2 < fast.success_rate < 1.0
     # Samples that succeed stop moving: their result is a successful iterate, feasible.
     assert bool((fast.distance <= eps * (1 + 1e-5)).all())
-    allowed = {math.ceil(200 / 2**k) for k in range(9)}
-    assert set(probe.sizes) <= allowed
+    # Eager: the model sees exactly the samples still running.
     assert min(probe.sizes) < 200
     assert sum(probe.sizes) < 0.8 * 200 * (2 * 12 + 3)
+    assert any(size not in {math.ceil(200 / 2**k) for k in range(9)} for size in probe.sizes)
+
+
+def test_early_stop_pads_the_batch_to_few_sizes_for_compiled_code() -> None:
+    """With compile=, the rows a compiled model sees come in batch sizes ceil(B / 2**k)
+    (the padding repeats a running sample); the result is the eager one."""
+    _, _, x, y = digits_data()
+    x, y = x[:200], y[:200]
+    model = advkit.wrap(digits_model())
+    sizes: list[int] = []
+
+    def compiled(inputs: torch.Tensor) -> torch.Tensor:
+        sizes.append(inputs.shape[0])
+        out: torch.Tensor = model(inputs)
+        return out
+
+    model._compiled["default"] = compiled
+    common: dict[str, Any] = {"eps": 0.1, "steps": 12, "restarts": 2, "early_stop": True}
+    try:
+        padded = advkit.PGD(**common, compile=True)(
+            model, x, y, generator=torch.Generator().manual_seed(0)
+        )
+    finally:
+        model._compiled.clear()
+    eager = advkit.PGD(**common)(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert set(sizes) <= {math.ceil(200 / 2**k) for k in range(9)} and min(sizes) < 200
+    assert torch.equal(padded.success, eager.success)
+    assert torch.allclose(padded.x_adv, eager.x_adv, atol=1e-6, rtol=0)
 
 
 def test_early_stop_skips_restarts_once_everything_succeeds() -> None:

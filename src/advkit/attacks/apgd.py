@@ -285,8 +285,8 @@ class APGD(Attack):
         random_init: start at a random point of the ball (the paper's choice);
             ``False`` starts at the clean input.
         early_stop: a sample stops moving at its first success, and every few
-            steps the samples that succeeded are dropped from the batch (in a
-            few fixed batch sizes, as `advkit.PGD`); saves their passes at the
+            steps the samples that succeeded are dropped from the batch (with
+            ``compile``, in a few fixed batch sizes, as `advkit.PGD`); saves their passes at the
             price of a host sync every few steps. The robust accuracy is the same.
         precision: model precision in gradient steps (``"bf16"``, ``"fp16"``;
             see `advkit.Attack`).
@@ -370,7 +370,8 @@ class APGD(Attack):
             if restart < self.skip_restarts:  # its draws, discarded (no pass)
                 _ = self._large_eps_start(task) if self.large_eps else scheme.start(task)
                 continue
-            active = ActiveSet(task.batch_size)
+            # Padded to few batch sizes for compiled code only (eager cost follows the rows).
+            active = ActiveSet(task.batch_size, padded=oracle.compile is not False)
             if restart > self.skip_restarts and not active.update(best.success):
                 break
             if self.large_eps:

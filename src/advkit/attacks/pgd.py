@@ -50,8 +50,9 @@ class PGD(Attack):
         objective: loss to maximise, ``(logits, labels, targets) -> (B,)``.
         early_stop: a sample stops moving at the first iterate that succeeds
             (which is then its result), and every few steps the samples that
-            succeed are dropped from the batch the model sees (batch sizes
-            ``ceil(B / 2**k)``, so compiled and cuDNN caches stay warm); a
+            succeed are dropped from the batch the model sees (with
+            ``compile``, in batch sizes ``ceil(B / 2**k)``, so compiled code
+            sees few shapes); a
             sample that succeeds skips later restarts. Robust accuracy is the
             same as without it; it saves the passes spent on broken samples
             at the price of one host sync every few steps.
@@ -125,7 +126,8 @@ class PGD(Attack):
         alpha = self._step_size(eps)
         best = BestByObjective()
         for restart in range(self.restarts):
-            active = ActiveSet(task.batch_size)  # the samples being attacked
+            # The samples being attacked; padded to few batch sizes for compiled code only.
+            active = ActiveSet(task.batch_size, padded=oracle.compile is not False)
             if self.early_stop and restart > 0 and not active.update(best.success):
                 break
             if self.random_init:

@@ -4,9 +4,9 @@
   (a successful one first, then the highest objective).
 * `BestByDistance`: per sample, the closest successful candidate (minimal-norm
   attacks).
-* `ActiveSet`: the samples still worth attacking, as an index tensor whose
-  length is one of a few fixed batch sizes, so that compiled code and cuDNN
-  see few shapes.
+* `ActiveSet`: the samples still worth attacking, as an index tensor: exactly
+  the running samples, or (padded) one of a few fixed batch sizes, so that
+  compiled code sees few shapes.
 
 Everything is batched and written with ``torch.where`` / ``index_copy``; only
 `ActiveSet.update` synchronises with the host, on purpose, and an attack
@@ -149,10 +149,11 @@ class ActiveSet:
     ``rows`` is ``None`` while every sample runs, else an index tensor into
     the batch. `update` shrinks it to the samples not yet done; with
     ``padded=True`` (the default) its length is one of ``ceil(B / 2**k)``, so
-    that compiled code and cuDNN see at most ``log2(B) + 1`` batch shapes: the
-    padding repeats the first running sample, whose copies compute and write
-    identical values. With ``padded=False`` the rows are exactly the running
-    samples (eager code whose cost follows the batch).
+    that compiled code sees at most ``log2(B) + 1`` batch shapes: the padding
+    repeats the first running sample, whose copies compute and write identical
+    values (and cost passes: up to twice the running rows). With
+    ``padded=False`` the rows are exactly the running samples (eager code, whose
+    cost follows the batch; PGD and APGD pad only when the model runs compiled).
 
     Examples:
         >>> active = ActiveSet(8)
