@@ -61,10 +61,10 @@ class Norm(ABC):
         dtype of ``x`` and ``w``, laid out like ``x``."""
 
     def box_project(self, delta: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:
-        """The projection of ``delta`` onto the ball that, followed by the clip to the box,
-        gives the exact projection onto the ball intersected with the box: the ball's own
-        (`project`) for Linf, and for L2 the one the reference attacks use; L1 overrides it
-        (`advkit.functional.l1_box_project`)."""
+        """The projection `Region` uses with ``exact``: onto the ball intersected with the
+        box where the norm has one (L1: `advkit.functional.l1_box_project`); else the
+        ball's own (`project`), which the clip to the box then follows (exact for Linf;
+        for L2 what the reference attacks do)."""
         return self.project(delta, eps)
 
     def feasible(self, x: Tensor, x0: Tensor, eps: F.Scalar, bounds: F.Bounds) -> Tensor:

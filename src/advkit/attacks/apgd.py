@@ -286,8 +286,9 @@ class APGD(Attack):
             ``False`` starts at the clean input.
         early_stop: a sample stops moving at its first success, and every few
             steps the samples that succeeded are dropped from the batch (with
-            ``compile``, in a few fixed batch sizes, as `advkit.PGD`); saves their passes at the
-            price of a host sync every few steps. The robust accuracy is the same.
+            ``compile``, in a few fixed batch sizes, as `advkit.PGD`); saves
+            their passes at the price of a host sync every few steps. The
+            robust accuracy is the same.
         precision: model precision in gradient steps (``"bf16"``, ``"fp16"``;
             see `advkit.Attack`).
         compile: run the model compiled (see `advkit.Attack`).

@@ -86,7 +86,7 @@ def window_sides(
     return (short, long) if height <= width else (long, short)
 
 
-# --------------------------------------------------------------------------- L2 patterns
+# --------------------------------------------------------------------------- L2 and L1 patterns
 
 
 def _bump(a: int, b: int, dtype: torch.dtype, device: torch.device, power: int = 2) -> Tensor:
@@ -170,8 +170,10 @@ def _corner(
 
 def _rows(v: Any, rows: Tensor) -> Any:
     """The ``rows`` of a search constant: a tensor's or a region's rows, else itself."""
-    if isinstance(v, (Tensor, Region)):
-        return v.index_select(0, rows) if isinstance(v, Tensor) else v.subset(rows)
+    if isinstance(v, Tensor):
+        return v.index_select(0, rows)
+    if isinstance(v, Region):
+        return v.subset(rows)
     return v
 
 
