@@ -466,3 +466,32 @@ def test_hyperplane_projection_known_values() -> None:
         F.l2_hyperplane_project(x, torch.tensor([[1.0, 1.0]]), 5.0, (0, 1)),
         torch.tensor([[0.5, 0.1]]),
     )
+
+
+@given(
+    st.sampled_from([torch.float32, torch.float64]),
+    st.lists(
+        st.one_of(
+            st.sampled_from([0.0, -0.0, math.inf, 5e-324, 1e-45, 1.0, 2.0]),
+            st.floats(0.0, 1e30, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_sort_key_orders_non_negative_floats_like_their_values(
+    dtype: torch.dtype, values: list[float]
+) -> None:
+    # The projections sort integer views of non-negative floats (faster on CPU): the same
+    # stable order as sorting the values, ties (0.0 and -0.0 included) in their input order.
+    t = torch.tensor([values], dtype=dtype)
+    key = F._order_key(t)
+    assert key.dtype != dtype
+    for descending in (False, True):
+        assert torch.equal(
+            key.argsort(dim=1, stable=True, descending=descending),
+            t.argsort(dim=1, stable=True, descending=descending),
+        )
+    assert torch.equal(key.sort(dim=1).values.view(dtype), t.sort(dim=1).values + 0.0)
+    half = t.to(torch.float16)
+    assert F._order_key(half) is half  # other dtypes sort as they are
