@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import advkit
+from advkit import checks
 from advkit.attacks import Attack
 
 from ._models import NUM_CLASSES, exact_norm_at_most, make_batch, make_model
@@ -289,3 +290,48 @@ def test_every_attack_is_feasible_for_any_shape_dtype_eps_and_norm(case: dict[st
         pred = model(res.x_adv).argmax(1)
     expected = pred == res.targets if case["targeted"] else pred != y
     assert torch.equal(res.success, expected)
+
+
+REDUCED = {
+    "PGD": lambda n, e, p: advkit.PGD(norm=n, eps=e, steps=2, precision=p),
+    "APGD": lambda n, e, p: advkit.APGD(norm=n, eps=e, steps=3, precision=p),
+    "FAB": lambda n, e, p: advkit.FAB(norm=n, eps=e, steps=3, precision=p),
+    "Square": lambda n, e, p: advkit.Square(norm=n, eps=e, queries=8, precision=p),
+    "AutoAttack": lambda n, e, p: advkit.AutoAttack(n, e, steps=2, queries=8, precision=p),
+}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("name", list(REDUCED))
+def test_half_inputs_in_reduced_precision(
+    name: str, norm: str, dtype: torch.dtype, precision: str
+) -> None:
+    # Half inputs with a reduced-precision model: the clean logits come from a pass in the
+    # inputs' dtype, the search's in float32; the result is feasible in the inputs' dtype.
+    eps = {"linf": 0.3, "l2": 0.5, "l1": 2.0}[norm]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)).to(dtype)
+    x = torch.rand(16, 3, 4, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y = torch.arange(16) % 4
+    res = REDUCED[name](norm, eps, precision)(
+        model, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    assert res.x_adv.dtype == dtype
+    assert_feasible(res, x, norm, eps)
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(dim=1) != y)
+
+
+def test_keep_mode_with_training_batchnorm_on_one_sample_is_a_model_error() -> None:
+    # BatchNorm1d in training mode cannot run on one sample: a typed error that names the
+    # fix, not torch's ValueError (attacks narrow to the samples still running).
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    model.train()
+    before = snapshot(model)
+    x = torch.rand(1, 3, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(checks.ModelError, match="keep_mode=False"):
+        advkit.PGD(eps=0.1, steps=2)(model, x, torch.tensor([1]), keep_mode=True)
+    assert_same_model(before, model)
+    res = advkit.PGD(eps=0.1, steps=2)(model, x, torch.tensor([1]))  # eval mode: fine
+    assert res.x_adv.shape == x.shape

@@ -101,6 +101,7 @@ def test_bad_targets(setup: Any) -> None:
         (torch.tensor([0.1, -0.1, 0.1, 0.1, 0.1, 0.1]), "finite and >= 0"),
         (torch.tensor([0.1, 0.2]), r"shape \(6,\)"),
         ("0.1", "float or a tensor"),
+        (torch.tensor([True, False, True, True, True, True]), "bool tensor"),
     ],
 )
 def test_bad_eps_in_call(setup: Any, eps: Any, match: str) -> None:

@@ -495,3 +495,17 @@ def test_sort_key_orders_non_negative_floats_like_their_values(
     assert torch.equal(key.sort(dim=1).values.view(dtype), t.sort(dim=1).values + 0.0)
     half = t.to(torch.float16)
     assert F._order_key(half) is half  # other dtypes sort as they are
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [0.3, 0.1, 8 / 255])
+def test_linf_box_lies_within_the_python_float_eps(dtype: torch.dtype, eps: float) -> None:
+    # eps rounded to float32 can lie above eps itself (0.3 does): the interval of half inputs
+    # must hold the Python float budget, measured in float64.
+    x0 = torch.rand(64, 256, generator=torch.Generator().manual_seed(0)).to(dtype)
+    lo, hi = F.linf_box(x0, eps, (0.0, 1.0))
+    assert lo.dtype == hi.dtype == dtype
+    base = x0.double()
+    assert bool((hi.double() - base <= eps).all())
+    assert bool((base - lo.double() <= eps).all())
+    assert bool((lo >= 0).all()) and bool((hi <= 1).all())

@@ -222,6 +222,11 @@ def check_eps(eps: Any, batch: int, *, name: str = "eps") -> float | Tensor:
                 f"{name} must be a float or a tensor of shape ({batch},) (one per sample), "
                 f"got shape {tuple(eps.shape)}."
             )
+        if eps.dtype == torch.bool:
+            raise ConfigError(
+                f"{name} must hold numbers, got a bool tensor; give the budgets as floats "
+                "(e.g. mask.float() * 0.03)."
+            )
         if eps.is_complex() or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
             raise ConfigError(f"{name} must be finite and >= 0, got {eps}.")
         return eps

@@ -820,12 +820,15 @@ def linf_box(x0: Tensor, eps: Scalar, bounds: Bounds) -> tuple[Tensor, Tensor]:
         >>> lo, hi
         (tensor([[0.0000, 0.2500]]), tensor([[0.2500, 0.7500]]))
     """
-    work = exact_dtype(x0.dtype, x0.device)
+    # float64 for every input dtype: eps (a Python float) rounded to float32 for half inputs
+    # can lie above eps itself (0.3 does).
+    work = exact_dtype(torch.float64, x0.device)
     base = x0.to(work)
     e = _per_sample(eps, x0, work)
-    if work == x0.dtype:
-        # No wider dtype (float64 inputs, or MPS): shrink the radius by the rounding of
-        # x0 +- e, so that the rounded bounds are still within e of x0.
+    if work == x0.dtype or work != torch.float64:
+        # No wider dtype (float64 inputs), or float32 on MPS for any input: shrink the radius
+        # by the rounding of eps and of x0 +- e, so that the rounded bounds are still within
+        # e of x0.
         e = (e - 2 * (torch.finfo(work).eps / 2) * (base.abs() + e)).clamp_min(0)
     lo_box, hi_box = inner_bounds((float(bounds[0]), float(bounds[1])), x0.dtype)
     lo = round_toward((base - e).clamp_min(lo_box), x0)

@@ -351,7 +351,11 @@ class Attack(ABC):
                 number of processes (see `advkit.functional.KeyedGenerator`).
             keep_mode: keep the model's train/eval mode instead of switching
                 to eval mode (e.g. adversarial training with train-mode BatchNorm).
-                Buffers are restored either way.
+                Buffers are restored either way. Attacks run the samples they
+                have not finished with, so batch statistics come from those;
+                a BatchNorm layer without spatial dimensions cannot run on one
+                sample in training mode, and the attack then raises
+                `advkit.checks.ModelError`.
             verdict: for a randomized model, how ``success`` is decided: an
                 `advkit.Verdict` or a number of draws ``K``. The returned
                 ``x_adv`` is scored by ``K`` forward passes and a sample counts
@@ -508,8 +512,10 @@ def _inside_box(task: Task, x: Tensor) -> Tensor:
 
 
 def _inside(task: Task, x: Tensor) -> Tensor:
-    """``(B,)`` bool: ``x`` lies in the ball and the box, measured exactly."""
-    work = exact_dtype(x.dtype, x.device)
+    """``(B,)`` bool: ``x`` lies in the ball and the box, measured exactly: in float64
+    (float32 on MPS) whatever ``x``'s dtype, so that a budget given as a Python float is
+    not rounded to a wider one before the comparison."""
+    work = exact_dtype(torch.float64, x.device)
     n = task.norm.measure(x.to(work) - task.x0.to(work))
     eps = task.budget()
     e = eps.to(n) if isinstance(eps, Tensor) else eps

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advkit import checks
 from advkit.functional import work_dtype
@@ -165,6 +165,16 @@ class Oracle:
         version = x._version
         try:
             out = fn(x)
+        except ValueError as e:
+            if self.keep_mode and x.shape[0] == 1 and _training_batch_norm(self.model):
+                raise checks.ModelError(
+                    f"the model failed on a batch of one sample ({e}): its BatchNorm layers "
+                    "are in training mode (keep_mode=True), where they need two samples or "
+                    "more, and the attack had one sample left to run (it drops the samples "
+                    "it has finished with). Call the attack with keep_mode=False (the model "
+                    "runs in eval mode), or put the BatchNorm layers in eval mode first."
+                ) from e
+            raise
         except RuntimeError as e:
             if x._version != version or "in-place" in str(e):
                 raise checks.ModelError(checks.INPLACE_MESSAGE) from e
@@ -351,3 +361,10 @@ def _mean(ts: list[Tensor]) -> Tensor:
     """The mean of same-shaped tensors (in float32 at least for half precision)."""
     work = work_dtype(ts[0].dtype)
     return (torch.stack(ts).to(work).mean(dim=0)).to(ts[0].dtype)
+
+
+def _training_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` has a batch-norm layer in training mode (batch statistics)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._NormBase) and m.training for m in model.modules()
+    )

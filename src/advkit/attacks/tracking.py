@@ -50,6 +50,14 @@ def _take(ts: tuple[Any, ...], rows: Tensor | None) -> tuple[Any, ...]:
     return tuple(t.index_select(0, rows) if isinstance(t, Tensor) and t.ndim > 0 else t for t in ts)
 
 
+def _widest(kept: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
+    """``kept`` and ``new`` in the wider of their dtypes (themselves when they agree)."""
+    if kept.dtype == new.dtype:
+        return kept, new
+    wide = torch.promote_types(kept.dtype, new.dtype)
+    return kept.to(wide), new.to(wide)
+
+
 def put_rows(full: Tensor, rows: Tensor | None, part: Tensor) -> Tensor:
     """``full`` with ``rows`` replaced by ``part`` (``part`` itself when ``rows`` is None, all
     rows): how a loop that works on the running rows alone writes them back."""
@@ -88,6 +96,10 @@ class BestByObjective:
             self.x, self.logits, self.loss, self.success = x, logits, loss, success
             self.empty = False
             return torch.ones_like(success)
+        # Clean logits come from a full-precision pass in the inputs' dtype, a reduced-precision
+        # search's in float32: keep the wider dtype (a Python-level check, no host sync).
+        self.logits, logits = _widest(self.logits, logits)
+        self.loss, loss = _widest(self.loss, loss)
         cur = _take((self.x, self.logits, self.loss, self.success), rows)
         better = improves(success, loss, cur[3], cur[2])
         new = keep_best(better, cur, (x, logits, loss, success))
@@ -132,6 +144,7 @@ class BestByDistance:
         rows: Tensor | None = None,
     ) -> Tensor:
         """Take the successful candidates closer than the best; returns which were taken."""
+        self.logits, logits = _widest(self.logits, logits)
         cur = _take((self.x, self.logits, self.distance), rows)
         d = distance.to(self.distance.dtype)
         closer: Tensor = success & (d < cur[2])
