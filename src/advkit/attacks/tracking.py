@@ -220,7 +220,9 @@ class ActiveSet:
         size = self.batch
         while -(-size // 2) >= n and size > 1:
             size = -(-size // 2)
-        self.rows = None if size == self.batch else torch.cat([todo, todo[:1].expand(size - n)])
+        # All rows only while every sample runs: at the full size with some done, the done
+        # ones are replaced by copies of the first running sample like at any other size.
+        self.rows = None if n == self.batch else torch.cat([todo, todo[:1].expand(size - n)])
         return True
 
     def take(self, *tensors: Any) -> tuple[Any, ...]:
