@@ -298,3 +298,56 @@ def test_command_line_and_evaluate(digits: tuple[nn.Module, torch.Tensor, torch.
     assert curve[0] >= curve[1]
     direct = advkit.AutoAttack("linf", 0.1, version="fast", steps=5)(model, x, y)
     assert abs(curve[1] - (1 - direct.success.float().mean().item())) <= 0.1
+
+
+def test_evaluate_decides_fast_escalation_for_the_whole_dataset(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """On a gradient-masked model the probes break samples in some batches only: evaluate
+    runs the escalation on every batch (or on none), so its result is one call's over the
+    whole dataset with sample_ids, whatever the batch size."""
+    base, x, y = digits
+
+    class Quantized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.base(torch.round(t * 4) / 4)
+
+    masked = Quantized()
+    aa = advkit.AutoAttack("linf", 0.1, version="fast", steps=8, queries=400, num_targets=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", advkit.DiagnosticWarning)
+        direct = aa(
+            masked, x, y, generator=torch.Generator().manual_seed(0), sample_ids=torch.arange(48)
+        )
+        assert "square" in [p.name for p in direct.parts]  # this call escalated
+        data = torch.utils.data.TensorDataset(x, y)
+        for batch in (8, 48):
+            report = advkit.evaluate(
+                masked, data, {"AA": aa}, eps=0.1, batch_size=batch, diagnostics=False
+            )
+            robust = report.robust()[:, 0]  # rows in dataset order
+            assert torch.equal(robust, ~direct.success), batch
+    assert aa.escalate is None  # evaluate leaves the attack as it found it
+
+
+def test_evaluate_takes_attacks_by_their_command_line_names(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x, y = digits
+    data = torch.utils.data.TensorDataset(x[:16], y[:16])
+    report = advkit.evaluate(
+        model, data, "autoattack:version=fast,steps=3,queries=20", eps=0.1, norm="l2",
+        diagnostics=False,
+    )  # fmt: skip
+    assert [a.name for a in report.attacks] == ["autoattack:version=fast,steps=3,queries=20"]
+    assert "AutoAttack(norm='l2'" in report.attacks[0].description
+    mixed = advkit.evaluate(
+        model, data, ["fgsm", advkit.PGD(steps=2), "fgsm"], eps=0.1, diagnostics=False
+    )
+    assert [a.name for a in mixed.attacks] == ["fgsm", "PGD", "fgsm#2"]
+    with pytest.raises(advkit.ConfigError, match="unknown attack 'autoatack'"):
+        advkit.evaluate(model, data, "autoatack", eps=0.1)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from advkit import checks
 from advkit._data import Progress, load_batches, model_device, resolve
+from advkit.attacks.autoattack import _Staged, probes_fired
 from advkit.attacks.base import Attack
 from advkit.attacks.compose import Ensemble, MultiTargeted, Sweep, name_attacks
 from advkit.attacks.oracle import Oracle
@@ -511,6 +512,30 @@ def _record(d: Tensor, rows: Tensor, part: Part, level_of: Mapping[float, int]) 
 # ---------------------------------------------------------------------- evaluate
 
 
+def _by_name(
+    attacks: str | Attack | Sequence[str | Attack] | Mapping[str, Attack], norm: str
+) -> Attack | Sequence[Attack] | Mapping[str, Attack]:
+    """Attacks given by their command-line names (``"autoattack"``,
+    ``"autoattack:version=fast"``, ``"apgd-t:steps=50"``) built in ``norm``, named by
+    those strings; attack objects as they are."""
+    listed = [attacks] if isinstance(attacks, str) else attacks
+    if isinstance(listed, (Mapping, Attack)):
+        return listed
+    if not any(isinstance(a, str) for a in listed):
+        return cast("Sequence[Attack]", listed)
+    from advkit.cli import parse_attack  # the command line's parser, imported late (cycle)
+
+    out: dict[str, Attack] = {}
+    for a in listed:
+        label, attack = parse_attack(a, norm) if isinstance(a, str) else (type(a).__name__, a)
+        key, k = label, 1
+        while key in out:
+            k += 1
+            key = f"{label}#{k}"
+        out[key] = attack
+    return out
+
+
 def _name_attacks(
     attacks: Attack | Sequence[Attack] | Mapping[str, Attack],
 ) -> list[tuple[str, Attack]]:
@@ -536,9 +561,10 @@ def _check_eps_grid(eps: float | Sequence[float]) -> list[float]:
 def evaluate(
     model: nn.Module,
     data: Dataset[Any] | DataLoader[Any],
-    attacks: Attack | Sequence[Attack] | Mapping[str, Attack],
+    attacks: str | Attack | Sequence[str | Attack] | Mapping[str, Attack],
     eps: float | Sequence[float],
     *,
+    norm: str = "linf",
     batch_size: int = 128,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -616,7 +642,13 @@ def evaluate(
             Sample ids are positions in the dataset.
         attacks: one attack, a sequence (named by class, ``PGD``, ``PGD#2``,
             ...) or a mapping from names to attacks; untargeted, all in the
-            same norm. Minimal-norm attacks must be built without eps.
+            same norm. Minimal-norm attacks must be built without eps. An
+            attack may also be given by its command-line name, alone or in a
+            sequence: ``"autoattack"``, ``"autoattack:version=fast"``,
+            ``"apgd-t:steps=50"`` (the names of ``advkit eval --attack``), built
+            in ``norm`` and named by that string.
+        norm: the threat model of the attacks given by name (``"linf"``,
+            ``"l2"``, ``"l1"``); attack objects carry their own.
         eps: the budgets, in the attacks' norm and the model's input space;
             sorted ascending, duplicates removed.
         batch_size: samples per batch when ``data`` is a Dataset.
@@ -664,7 +696,7 @@ def evaluate(
         True
     """
     start = time.perf_counter()
-    named = _name_attacks(attacks)
+    named = _name_attacks(_by_name(attacks, norm))
     grid = _check_eps_grid(eps)
     norm = named[0][1].norm.name
     seed = int(seed)
@@ -714,87 +746,122 @@ def evaluate(
         shared_seed=True,
     )
 
-    picked: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # the diagnosed samples
+    # AutoAttack(version='fast') runs the rest of standard when its probes break a sample.
+    # Decided per batch, results would depend on the batch size; so the dataset is run with
+    # that escalation off, and once more with it on if a probe broke a sample anywhere (any
+    # batch, eps or rank): the result of one call over the whole dataset.
+    staged = [a for _, a in named if isinstance(a, _Staged) and a.gated]
+    saved = [a.escalate for a in staged]
+    final = not staged
     evidence: dict[str, float] = {}
-    ids_parts: list[Tensor] = []
-    label_parts: list[Tensor] = []
-    pred_parts: list[Tensor] = []
-    dist_parts: dict[str, list[Tensor]] = {name: [] for name, _ in named}
-    bar = Progress(
-        progress,
-        total=len(source.indices),
-        desc="evaluate",
-        unit="img",
-        fractions=[_format_eps(e) for e in grid],
-    )
-
+    bar: Progress | None = None
     try:
-        with model_guard(clf), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            for ids, x, y in load_batches(source, source.plan(), device=dev, seed=seed):
-                b = x.shape[0]
-                checks.check_inputs(x, clf.bounds)
-                with torch.no_grad():
-                    logits = checks.check_logits(clf(x), b)
-                    checks.check_labels(y, b, logits.shape[1])
-                    if rule.draws > 1:  # a randomized model: the clean prediction by the rule
-                        more = [checks.check_logits(clf(x), b) for _ in range(rule.draws - 1)]
-                        logits, _ = rule.choose(torch.stack([logits, *more]), y)
-                # a row with a NaN or infinite logit has no prediction (-1): never correct
-                pred = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
-                correct = pred == y
-                dists = {
-                    info.name: torch.full(
-                        (b,) if info.minimal else (b, num_eps),
-                        math.nan,
-                        dtype=torch.float64,
-                        device=dev,
-                    )
-                    for info in infos
-                }
-                for info in infos:  # eps = 0: the ball is the clean input, nothing to find
-                    if not info.minimal and grid[0] == 0:
-                        dists[info.name][:, 0] = torch.where(correct, math.inf, math.nan)
-                idx = correct.nonzero().squeeze(1)
-                if idx.numel() and any(e > 0 for e in grid):
-                    task = Task(
-                        x0=x.index_select(0, idx),
-                        labels=y.index_select(0, idx),
-                        norm=named[0][1].norm,
-                        bounds=clf.bounds,
-                        objective=ensemble.objective,
-                        generator=KeyedGenerator(seed, ids.index_select(0, idx)),
-                        clean_logits=logits.index_select(0, idx),
-                    )
-                    res = ensemble.solve(Oracle(clf, verdict=rule), task)
-                    for part in res.parts:
-                        passes[part.name] += part.result.forward_passes
-                        _record(dists[part.name], idx.index_select(0, part.rows), part, level_of)
-                for info in infos:
-                    dist_parts[info.name].append(dists[info.name])
-
-                ids_parts.append(ids)
-                label_parts.append(y)
-                pred_parts.append(pred)
-                if bar.bar is not None:
-                    bar.update(_robust(correct, infos, dists, grid))
-                if plan is not None and int(ids.min()) < diagnosed:
-                    rows = (ids < diagnosed).nonzero().squeeze(1)
-                    robust = _robust(correct, infos, dists, grid)[:, -1]
-                    picked.append(
-                        (
-                            x.index_select(0, rows),
-                            y.index_select(0, rows),
-                            ids.index_select(0, rows),
-                            robust.index_select(0, rows),
+        for a in staged:
+            a.escalate = False
+        while True:
+            picked: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # the diagnosed samples
+            ids_parts: list[Tensor] = []
+            label_parts: list[Tensor] = []
+            pred_parts: list[Tensor] = []
+            dist_parts: dict[str, list[Tensor]] = {name: [] for name, _ in named}
+            fired = False
+            bar = Progress(
+                progress,
+                total=len(source.indices),
+                desc="evaluate",
+                unit="img",
+                fractions=[_format_eps(e) for e in grid],
+            )
+            with (
+                model_guard(clf),
+                torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+            ):
+                for ids, x, y in load_batches(source, source.plan(), device=dev, seed=seed):
+                    b = x.shape[0]
+                    checks.check_inputs(x, clf.bounds)
+                    with torch.no_grad():
+                        logits = checks.check_logits(clf(x), b)
+                        checks.check_labels(y, b, logits.shape[1])
+                        if rule.draws > 1:  # a randomized model: the clean prediction by the rule
+                            more = [checks.check_logits(clf(x), b) for _ in range(rule.draws - 1)]
+                            logits, _ = rule.choose(torch.stack([logits, *more]), y)
+                    # a row with a NaN or infinite logit has no prediction (-1): never correct
+                    pred = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
+                    correct = pred == y
+                    dists = {
+                        info.name: torch.full(
+                            (b,) if info.minimal else (b, num_eps),
+                            math.nan,
+                            dtype=torch.float64,
+                            device=dev,
                         )
-                    )
-            if plan is not None and picked:  # this rank's diagnosed samples, if it has any
-                xs, ys, ids_d, robust_d = (torch.cat(ts) for ts in zip(*picked, strict=True))
-                # The score-based check attacks what the evaluation's gradient attacks left
-                # robust; with none among them (noise only), what its own APGD left.
+                        for info in infos
+                    }
+                    for info in infos:  # eps = 0: the ball is the clean input, nothing to find
+                        if not info.minimal and grid[0] == 0:
+                            dists[info.name][:, 0] = torch.where(correct, math.inf, math.nan)
+                    idx = correct.nonzero().squeeze(1)
+                    if idx.numel() and any(e > 0 for e in grid):
+                        task = Task(
+                            x0=x.index_select(0, idx),
+                            labels=y.index_select(0, idx),
+                            norm=named[0][1].norm,
+                            bounds=clf.bounds,
+                            objective=ensemble.objective,
+                            generator=KeyedGenerator(seed, ids.index_select(0, idx)),
+                            clean_logits=logits.index_select(0, idx),
+                        )
+                        res = ensemble.solve(Oracle(clf, verdict=rule), task)
+                        if not final and not fired:  # a host sync per batch, in the first pass
+                            fired = probes_fired(res)
+                        for part in res.parts:
+                            passes[part.name] += part.result.forward_passes
+                            _record(
+                                dists[part.name], idx.index_select(0, part.rows), part, level_of
+                            )
+                    for info in infos:
+                        dist_parts[info.name].append(dists[info.name])
+
+                    ids_parts.append(ids)
+                    label_parts.append(y)
+                    pred_parts.append(pred)
+                    if bar.bar is not None:
+                        bar.update(_robust(correct, infos, dists, grid))
+                    if plan is not None and int(ids.min()) < diagnosed:
+                        rows = (ids < diagnosed).nonzero().squeeze(1)
+                        robust = _robust(correct, infos, dists, grid)[:, -1]
+                        picked.append(
+                            (
+                                x.index_select(0, rows),
+                                y.index_select(0, rows),
+                                ids.index_select(0, rows),
+                                robust.index_select(0, rows),
+                            )
+                        )
+            bar.close()
+            if final:
+                break
+            flag = torch.tensor([int(fired)], dtype=torch.int64, device=_comm(dev))
+            all_reduce_max(flag)
+            if int(flag) == 0:  # no probe broke anything: this pass is the result
+                break
+            for a in staged:
+                a.escalate = True
+            final = True
+        if plan is not None and picked:  # this rank's diagnosed samples, if it has any
+            xs, ys, ids_d, robust_d = (torch.cat(ts) for ts in zip(*picked, strict=True))
+            # The score-based check attacks what the evaluation's gradient attacks left
+            # robust; with none among them (noise only), what its own APGD left.
+            with (
+                model_guard(clf),
+                torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+            ):
                 evidence = plan.measure(clf, xs, ys, ids_d, robust_d if gradient else None)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        for a, e in zip(staged, saved, strict=True):
+            a.escalate = e
 
     empty_i = torch.zeros(0, dtype=torch.int64, device=dev)
     local_ids = torch.cat(ids_parts) if ids_parts else empty_i

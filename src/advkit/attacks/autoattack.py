@@ -22,9 +22,9 @@ from advkit.attacks.square import Square
 from advkit.attacks.task import Task
 from advkit.norms import NormSpec, resolve_norm
 from advkit.objectives import Objective, cross_entropy, dlr, margin
-from advkit.result import Part
+from advkit.result import AttackResult, Part
 
-__all__ = ["ESCALATION", "PROBES", "VERSIONS", "AutoAttack"]
+__all__ = ["ESCALATION", "PROBES", "VERSIONS", "AutoAttack", "probes_fired"]
 
 Version = Literal["standard", "plus", "rand", "fast"]
 
@@ -151,17 +151,33 @@ ESCALATION: tuple[str, ...] = ("apgd-ce-rest", "apgd-t-rest", "fab-t", "square")
 
 
 class _Staged(Ensemble):
-    """An `Ensemble` whose members in ``gated`` run only when a probe broke a sample."""
+    """An `Ensemble` whose members in ``gated`` run only when a probe broke a sample.
+
+    ``escalate`` overrides that decision: ``None`` (default) decides per call from the
+    probes, ``True`` runs the gated members, ``False`` skips them. `advkit.evaluate` uses
+    it to decide once for a whole dataset (`probes_fired`)."""
 
     def __init__(self, attacks: dict[str, Attack], *, gated: frozenset[str], **kw: Any) -> None:
         super().__init__(attacks, **kw)
         self.gated = gated
+        self.escalate: bool | None = None
 
     def _runs(self, name: str, parts: Sequence[Part]) -> bool:
         if name not in self.gated:
             return True
+        if self.escalate is not None:
+            return self.escalate
         # One host sync per gated member, between members.
         return any(p.name in PROBES and bool(p.result.success.any()) for p in parts)
+
+
+def probes_fired(result: AttackResult) -> bool:
+    """Whether a probe of a ``fast`` `AutoAttack` broke a sample anywhere in ``result`` (its
+    parts, searched through nested composites). One host sync per probe part."""
+    return any(
+        (part.name in PROBES and bool(part.result.success.any())) or probes_fired(part.result)
+        for part in result.parts
+    )
 
 
 class AutoAttack(_Staged):
@@ -229,8 +245,11 @@ class AutoAttack(_Staged):
     gradients mislead on this model, so it runs the rest of ``standard`` on
     what is still robust and warns (``DiagnosticWarning``). The escalated
     members draw as in ``standard``: with ``sample_ids`` an escalated ``fast``
-    breaks every sample ``standard`` breaks. The decision is per call (in
-    `advkit.evaluate`, per batch). Measured on the benchmark models
+    breaks every sample ``standard`` breaks. The decision is per call;
+    `advkit.evaluate` takes it once for the whole dataset (it runs every batch
+    without the escalation and, if a probe broke a sample anywhere, every batch
+    again with it), so its result is one call's over the dataset whatever the
+    batch size. Measured on the benchmark models
     (``benchmarks/autoattack.py``, figures in ``benchmarks/README.md``): the
     robust accuracy of ``standard`` on all 8 model/norm pairs; on 7 the probes
     broke nothing and ``fast`` cost 17-18% of ``standard``'s forward and
@@ -353,9 +372,12 @@ class AutoAttack(_Staged):
                 "advkit.APGD(objective=advkit.objectives.dlr) with them."
             )
         classes = oracle.clean_logits(task).shape[1]
-        found = (
-            super().run(oracle, task) if classes >= 4 else self._for_few_classes().run(oracle, task)
-        )
+        if classes >= 4:
+            found = super().run(oracle, task)
+        else:
+            few = self._for_few_classes()
+            few.escalate = self.escalate
+            found = few.run(oracle, task)
         if any(part.name in self.gated for part in found.extras["parts"]):
             warnings.warn(
                 "AutoAttack(version='fast'): its probes (a short FAB-T and Square run) broke "
