@@ -507,3 +507,15 @@ def test_skip_restarts_runs_the_rest_of_a_run_with_its_draws(large_eps: bool) ->
     assert "skip_restarts=1" in repr(rest) and "skip_restarts" not in repr(full)
     with pytest.raises(advkit.ConfigError, match="skip_restarts"):
         advkit.APGD("l1", 2.0, restarts=2, skip_restarts=2)
+
+
+def test_large_eps_without_random_init_starts_at_the_clean_input() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+    x, y = torch.rand(6, 3, 4), torch.arange(6) % 4
+    attack = advkit.APGD("l1", 1.0, steps=6, large_eps=True, random_init=False)
+    a, b = (attack(model, x, y, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert torch.equal(a.x_adv, b.x_adv)  # deterministic: no random draw
+    noisy = advkit.APGD("l1", 1.0, steps=6, large_eps=True)
+    c, d = (noisy(model, x, y, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.equal(c.x_adv, d.x_adv)

@@ -135,6 +135,9 @@ def test_eps_and_attack_parsing() -> None:
     assert (attack.steps, attack.restarts, attack.random_init) == (20, 2, False)
     assert attack.objective is advkit.objectives.margin
     assert isinstance(parse_attack("DeepFool", "linf")[1], advkit.DeepFool)
+    assert parse_attack("apgd:compile=reduce-overhead", "linf")[1].compile == "reduce-overhead"
+    assert parse_attack("apgd:compile=true", "linf")[1].compile is True
+    assert parse_attack("apgd:compile=false", "linf")[1].compile is False
 
 
 @pytest.mark.parametrize(

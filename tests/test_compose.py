@@ -174,6 +174,16 @@ def test_multitargeted_skip_runs_the_rest_of_a_run_with_its_draws(
     assert "skip=2" in repr(advkit.MultiTargeted(apgd, 4, skip=2))
     with pytest.raises(advkit.ConfigError, match="skip"):
         advkit.MultiTargeted(apgd, 4, skip=-1)
+    # A plain generator: the skipped targets' draws are taken and discarded, so on the rows
+    # target 3 runs on in the full run, target 3 finds the same points.
+    plain = advkit.MultiTargeted(apgd, num_targets=3)(
+        model, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    rows = plain.parts[2].rows
+    later = advkit.MultiTargeted(apgd, num_targets=3, skip=2)(
+        model, x[rows], y[rows], generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(later.parts[0].result.x_adv, plain.parts[2].result.x_adv)
 
 
 def test_sweep_reads_as_a_minimal_norm_attack(
@@ -234,3 +244,10 @@ def test_contract_table_covers_the_registry() -> None:
     covered = {info.cls for info in ATTACKS if info.cls is not None}
     missing = [e.name for e in REGISTRY if e.cls not in covered]
     assert not missing, f"attacks of the registry missing from tests/attack_db.py: {missing}"
+
+
+def test_sweep_needs_a_list_with_a_positive_budget() -> None:
+    pgd = advkit.PGD(steps=2)
+    for eps, match in (([], "above 0"), ([0.0], "above 0"), (0.1, "list of budgets")):
+        with pytest.raises(advkit.ConfigError, match=match):
+            advkit.Sweep(pgd, eps=eps)  # type: ignore[arg-type]

@@ -76,12 +76,15 @@ def parse_eps(values: Sequence[str]) -> list[float]:
     return out
 
 
-_WORDS = {"version", "precision"}
-"""Options whose values are words (``version=fast``, ``precision=bf16``)."""
+_WORDS = {"version", "precision", "compile"}
+"""Options whose values are words (``version=fast``, ``precision=bf16``,
+``compile=reduce-overhead``; ``compile=true`` / ``false`` too)."""
 
 
 def _parse_value(key: str, text: str) -> Any:
     low = text.strip().lower()
+    if key == "compile" and low in ("true", "false"):
+        return low == "true"
     if key in _WORDS:
         return low
     if key == "objective":
@@ -102,7 +105,8 @@ def _parse_value(key: str, text: str) -> Any:
 
 def parse_attack(spec: str, norm: str) -> tuple[str, Attack]:
     """An attack from ``NAME`` or ``NAME:key=value,key=value`` (values: numbers, fractions,
-    true/false, none; ``objective=margin``; words for ``version`` and ``precision``, e.g.
+    true/false, none; ``objective=margin``; words for ``version``, ``precision`` and
+    ``compile``, e.g.
     ``autoattack:version=fast``), in the threat model ``norm``.
 
     Returns:

@@ -257,8 +257,9 @@ class APGD(Attack):
     (the last by one more forward pass): a success at any iterate is kept
     (per sample the attack returns a successful point first, then the one with
     the highest objective). A restart after the first runs only on the samples
-    not yet broken. A call makes ``steps + 1`` forward and ``steps`` backward
-    passes per restart, and all the schedule state lives in tensors: no host
+    not yet broken. A call makes ``steps + 1`` forward (``steps + 3`` with
+    ``large_eps``, whose three stages each score their start) and ``steps``
+    backward passes per restart, and all the schedule state lives in tensors: no host
     synchronisation in the step loop (one per restart, to find the samples
     still robust). With ``sample_ids`` the result of each sample does not
     depend on the batch it is in.
@@ -407,11 +408,12 @@ class APGD(Attack):
                 oracle, stage, scheme, point, best if final else None, active, steps, warm=True
             )
 
-    @staticmethod
-    def _large_eps_start(task: Task) -> Tensor:
+    def _large_eps_start(self, task: Task) -> Tensor:
         """The large-eps schedule's start: the clean input plus Gaussian noise (projected by
-        its first stage)."""
+        its first stage); the clean input itself without ``random_init``."""
         x0 = task.x0
+        if not self.random_init:
+            return x0
         draw = F.work_dtype(x0.dtype)
         noise = F.randn(tuple(x0.shape), task.generator, device=x0.device, dtype=draw)
         return x0.to(draw) + noise

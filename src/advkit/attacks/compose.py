@@ -335,6 +335,8 @@ class MultiTargeted(Attack):
         tracker = BestByDistance(task.x0, clean, clean_ok)
         if budgeted:
             best.consider(task.x0, clean, task.loss(clean), clean_ok)
+        for j in range(self.skip):  # a plain generator: the skipped targets' draws, discarded
+            fork_generator(task.generator, j)
         for j in range(self.skip, k):
             rows = _rows(~best.success if budgeted else ~clean_ok)
             if rows.numel() == 0:
@@ -392,8 +394,17 @@ class Sweep(MinNormAttack):
         super().__init__(norm=attack.norm)
         self.attack = attack
         self.shared_seed = bool(shared_seed)
+        if isinstance(eps, (str, bytes)) or not isinstance(eps, Sequence):
+            raise checks.ConfigError(
+                f"Sweep needs a list of budgets, got {type(eps).__name__}; e.g. "
+                "Sweep(attack, eps=[2/255, 4/255, 8/255])."
+            )
         grid = sorted({float(checks.check_eps(e, 1)) for e in eps})
         self.grid = [e for e in grid if e > 0]
+        if not self.grid:
+            raise checks.ConfigError(
+                f"Sweep needs a budget above 0, got eps={list(eps)}; e.g. eps=[8/255]."
+            )
 
     def _settings(self) -> dict[str, Any]:
         return {"attack": self.attack, "eps": self.grid}
