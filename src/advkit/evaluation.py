@@ -838,25 +838,22 @@ def evaluate(
                                 robust.index_select(0, rows),
                             )
                         )
+                rerun = False
+                if not final:  # did a probe break a sample anywhere (any batch, eps, rank)?
+                    flag = torch.tensor([int(fired)], dtype=torch.int64, device=_comm(dev))
+                    all_reduce_max(flag)
+                    rerun = int(flag) > 0
+                if not rerun and plan is not None and picked:  # the result's diagnosed samples
+                    xs, ys, ids_d, robust_d = (torch.cat(ts) for ts in zip(*picked, strict=True))
+                    # The score-based check attacks what the evaluation's gradient attacks left
+                    # robust; with none among them (noise only), what its own APGD left.
+                    evidence = plan.measure(clf, xs, ys, ids_d, robust_d if gradient else None)
             bar.close()
-            if final:
-                break
-            flag = torch.tensor([int(fired)], dtype=torch.int64, device=_comm(dev))
-            all_reduce_max(flag)
-            if int(flag) == 0:  # no probe broke anything: this pass is the result
+            if not rerun:
                 break
             for a in staged:
                 a.escalate = True
             final = True
-        if plan is not None and picked:  # this rank's diagnosed samples, if it has any
-            xs, ys, ids_d, robust_d = (torch.cat(ts) for ts in zip(*picked, strict=True))
-            # The score-based check attacks what the evaluation's gradient attacks left
-            # robust; with none among them (noise only), what its own APGD left.
-            with (
-                model_guard(clf),
-                torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
-            ):
-                evidence = plan.measure(clf, xs, ys, ids_d, robust_d if gradient else None)
     finally:
         if bar is not None:
             bar.close()
