@@ -602,7 +602,10 @@ def evaluate(
     (`advkit.functional.KeyedGenerator`): results do not depend on the batch
     size, on which samples share a batch, or on the number of processes.
     (Attacks with batch-level decisions, like `CW`'s ``abort_early`` test on
-    the batch's total loss, are the exception.)
+    the batch's total loss, are the exception.) `advkit.AutoAttack`'s ``fast``
+    version decides its escalation once for the dataset: every batch runs
+    without it and, if a probe broke a sample anywhere, every batch runs again
+    with it (the report's pass counts include both runs).
 
     Diagnostics (``diagnostics=True``, the default): `advkit.diagnose` runs on
     the first ``diagnostic_samples`` samples of the dataset (dataset indices
