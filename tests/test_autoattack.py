@@ -351,3 +351,11 @@ def test_evaluate_takes_attacks_by_their_command_line_names(
     assert [a.name for a in mixed.attacks] == ["fgsm", "PGD", "fgsm#2"]
     with pytest.raises(advkit.ConfigError, match="unknown attack 'autoatack'"):
         advkit.evaluate(model, data, "autoatack", eps=0.1)
+
+
+def test_the_square_probe_gets_at_least_100_queries() -> None:
+    # queries // 20, but never under 100 (a 10-query probe missed a quantized model) nor
+    # above the queries asked for.
+    for queries, probe in ((5000, 250), (1000, 100), (200, 100), (50, 50)):
+        aa = advkit.AutoAttack("linf", 0.1, version="fast", queries=queries)
+        assert dict(aa.members)["probe-square"].queries == probe, queries

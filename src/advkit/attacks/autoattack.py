@@ -135,7 +135,8 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
         "apgd-ce": b.apgd(cross_entropy, large_eps=l1),
         "apgd-t": b.apgd_t(first, large_eps=l1),
         "probe-fab-t": MultiTargeted(b.fab(steps=max(b.steps // 2, 1)), 1),
-        "probe-square": b.square(max(b.queries // 20, 1)),
+        # At least 100 queries (all of them below that): a shorter probe can miss masking.
+        "probe-square": b.square(min(b.queries, max(b.queries // 20, 100))),
         **rest_ce,
         "apgd-t-rest": b.apgd_t(first if l1 else num_targets, skip=first, large_eps=l1),
         "fab-t": MultiTargeted(b.fab(), num_targets),
@@ -212,7 +213,8 @@ class AutoAttack(_Staged):
                  top 5 other classes (L1: both with the large-eps schedule), then
                  two probes: ``probe-fab-t`` (FAB-T, 1 target, ``steps // 2``)
                  and ``probe-square`` (the first ``queries // 20`` of
-                 standard's Square). Only where a probe breaks a
+                 standard's Square, at least 100, at most ``queries``).
+                 Only where a probe breaks a
                  sample does it go on with the rest of ``standard``:
                  in L1 ``apgd-ce-rest`` (its APGD-CE restarts 2 to 5), then
                  ``apgd-t-rest`` (its targets 6 to 9), ``fab-t``, ``square``
