@@ -126,6 +126,19 @@ def test_settings_pass_through_and_are_checked() -> None:
     assert set(VERSIONS) == {"standard", "plus", "rand", "fast"}
 
 
+class Quantized(nn.Module):
+    """``base`` on inputs rounded to multiples of 1/4: zero input gradients almost
+    everywhere (gradient masking), while scores still move."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.base(torch.round(t * 4) / 4)
+        return out
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     _, _, x, y = digits_data()
@@ -168,15 +181,6 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     model whose input gradients are zero (quantized inputs) the short Square breaks what
     APGD cannot, so ``fast`` runs standard's FAB-T and Square in full and says so."""
     base, x, y = digits
-
-    class Quantized(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.base = base
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return self.base(torch.round(t * 4) / 4)
-
     aa = advkit.AutoAttack("linf", 0.1, version="fast", steps=8, queries=1000, num_targets=3)
     ids = torch.arange(len(y))
 
@@ -191,7 +195,7 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: standard's APGD-CE restarts too
     assert l1.gated == {"apgd-ce-rest", "apgd-t-rest", "fab-t", "square"}
 
-    masked = Quantized()
+    masked = Quantized(base)
     with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD") as rec:
         res = aa(masked, x, y, generator=gen(), sample_ids=ids)
     assert rec[0].filename == __file__  # it points at the caller's line
@@ -307,16 +311,7 @@ def test_evaluate_decides_fast_escalation_for_the_whole_dataset(
     runs the escalation on every batch (or on none), so its result is one call's over the
     whole dataset with sample_ids, whatever the batch size."""
     base, x, y = digits
-
-    class Quantized(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.base = base
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return self.base(torch.round(t * 4) / 4)
-
-    masked = Quantized()
+    masked = Quantized(base)
     aa = advkit.AutoAttack("linf", 0.1, version="fast", steps=8, queries=400, num_targets=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", advkit.DiagnosticWarning)

@@ -515,8 +515,7 @@ def _inside(task: Task, x: Tensor) -> Tensor:
     """``(B,)`` bool: ``x`` lies in the ball and the box, measured exactly: in float64
     (float32 on MPS) whatever ``x``'s dtype, so that a budget given as a Python float is
     not rounded to a wider one before the comparison."""
-    work = exact_dtype(torch.float64, x.device)
-    n = task.norm.measure(x.to(work) - task.x0.to(work))
+    n = _distance(task, x)
     eps = task.budget()
     e = eps.to(n) if isinstance(eps, Tensor) else eps
     return (n <= e) & _inside_box(task, x)

@@ -366,5 +366,5 @@ def _mean(ts: list[Tensor]) -> Tensor:
 def _training_batch_norm(model: nn.Module) -> bool:
     """Whether ``model`` has a batch-norm layer in training mode (batch statistics)."""
     return any(
-        isinstance(m, nn.modules.batchnorm._NormBase) and m.training for m in model.modules()
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
     )
