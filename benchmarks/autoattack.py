@@ -26,15 +26,20 @@ the input, over the batch size). Wall time per call, ``time.perf_counter``
 
 ``--throughput`` (meant for a GPU): images per second of each version and of
 the reference on a WideResNet-28-10-size model (``benchmarks/_models.py``,
-random weights, the labels its own predictions, so every sample is attacked),
-batch ``--batch``, advkit in ``--precision`` (bf16 by default on CUDA).
+random weights) whose class-0 logit carries a large offset, so that every
+sample is classified 0 and stays robust: every member of every version spends
+its whole budget on every sample, which is the cost of a robust image, where
+an evaluation spends its time. Batch ``--batch``, advkit in ``--precision``
+(bf16 by default on CUDA) and ``standard`` in fp32 beside it; ``--steps`` and
+``--queries`` set every library's budget alike (the cost of every member grows
+linearly with them, so a fifth of the budget times a fifth of the run).
 
 Run from the repository root:
 
     python benchmarks/autoattack.py --threads 2                 # all models, Linf and L2
     python benchmarks/autoattack.py --quick                     # digits, 64 images, short budgets
     python benchmarks/autoattack.py --models digits-at --norms linf --versions standard,fast,plus
-    python benchmarks/autoattack.py --throughput --device cuda --batch 500
+    python benchmarks/autoattack.py --throughput --device cuda --batch 500 --steps 20 --queries 1000
 
 Results go to ``benchmarks/results/autoattack-<device>[-<tag>]-<YYYYMMDD>.json``
 and a Markdown block into ``benchmarks/README.md`` between
@@ -44,6 +49,7 @@ and a Markdown block into ``benchmarks/README.md`` between
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -259,21 +265,52 @@ def measure(
     }
 
 
+class AllRobust(nn.Module):
+    """``model``'s logits with ``offset`` added to class 0: every input is classified 0 and
+    stays so within any small ball, so every member of every version spends its whole budget
+    on every sample (the cost of a robust image, where an evaluation spends its time)."""
+
+    def __init__(self, model: nn.Module, offset: float = 50.0) -> None:
+        super().__init__()
+        self.model, self.offset = model, offset
+
+    def forward(self, x: Tensor) -> Tensor:
+        z: Tensor = self.model(x)
+        return (
+            z
+            + torch.nn.functional.one_hot(
+                torch.zeros((), dtype=torch.long, device=z.device), z.shape[1]
+            ).to(z.dtype)
+            * self.offset
+        )
+
+
 def throughput_run(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Images per second on a WRN-28-10-size model, each version and the reference."""
+    """Images per second on a WRN-28-10-size model where every sample is robust: each
+    version (advkit in ``args.precision``, and ``standard`` in fp32 beside it) and the
+    reference, all at the same budget (``--steps``, ``--queries``)."""
     import _models
 
-    model = _models.build("wrn28_10").to(device).eval().requires_grad_(False)
-    model = model.to(memory_format=torch.channels_last)
+    wrn = _models.build("wrn28_10").to(device).eval().requires_grad_(False)
+    model = AllRobust(wrn.to(memory_format=torch.channels_last))
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, generator=gen).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
+    # Warm-up outside the timings: the device's context, cuDNN and cuBLAS handles, autocast.
+    for dtype in (None, torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            xw = x.clone().requires_grad_(True)
+            torch.autograd.grad(model(xw).sum(), xw)
     eps = 8 / 255
     out = []
     methods = [advkit_method(v, "linf", eps, args) for v in args.versions]
     if "autoattack" in args.peers:
         methods.append(reference_method("linf", eps, args))
+    if args.precision not in (None, "fp32") and "standard" in args.versions:
+        full = argparse.Namespace(**{**vars(args), "precision": None})
+        fp32 = advkit_method("standard", "linf", eps, full)
+        methods.append(dataclasses.replace(fp32, attack="standard fp32"))
     for m in methods:
         r = base.call(
             m, m.seeds[0], model, x, y, torch.ones_like(y, dtype=torch.bool), "linf", eps, device
@@ -284,13 +321,15 @@ def throughput_run(args: argparse.Namespace, device: torch.device) -> list[dict[
             "seconds": r.seconds,
             "images_per_s": args.batch / r.seconds,
             "robust_accuracy": r.verdict["robust_accuracy"],
+            "feasible": r.verdict["outside_ball"] == 0 and r.verdict["outside_box"] == 0,
             "forward_per_sample": r.forward_per_sample,
             "backward_per_sample": r.backward_per_sample,
         }
         out.append(row)
         print(
-            f"   {m.name:<34} {row['images_per_s']:8.1f} images/s  robust "
-            f"{100 * row['robust_accuracy']:5.1f}%",
+            f"   {m.name:<34} {row['images_per_s']:8.1f} images/s  {r.seconds:7.1f} s  robust "
+            f"{100 * row['robust_accuracy']:5.1f}%  passes {row['forward_per_sample']:.0f}"
+            f"+{row['backward_per_sample']:.0f}",
             flush=True,
         )
     ref = next((r for r in out if r["method"] == "AutoAttack standard"), None)
@@ -360,7 +399,10 @@ def markdown(record: dict[str, Any]) -> str:
     if record.get("throughput"):
         lines += [
             "",
-            f"Throughput, WRN-28-10-size model, batch {s['batch']}, Linf 8/255:",
+            f"Throughput, WRN-28-10-size model (random weights, a logit offset that keeps "
+            f"every sample robust, so every member spends its whole budget), batch "
+            f"{s['batch']}, Linf 8/255, {s['steps']} steps and {s['queries']} queries for "
+            "every library:",
             "",
             "| method | images/s | vs reference | fwd / sample | bwd / sample |",
             "|---|---:|---:|---:|---:|",

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# The GPU checks, in one go (about 10 minutes on one recent GPU): the CUDA tests, then the
-# GPU benchmarks, each result file written to benchmarks/results/ (or to $1).
+# The GPU checks, in one go (about 8 minutes on one recent GPU): the CUDA tests, then the
+# GPU benchmarks, each result file written to benchmarks/results/ (or to $1), and the
+# Markdown blocks into benchmarks/README.md.
 #
 #   pip install -e ".[test]" && bash benchmarks/gpu.sh
 #
 # Needs a CUDA build of torch and a visible device; the peers (benchmarks/requirements-peers.txt)
-# are optional: a peer that does not import is skipped with a line saying why.
+# are optional: a peer that does not import is skipped with a line saying why. PYTHON names
+# the interpreter (default: python).
 set -u
 cd "$(dirname "$0")/.."
 results=${1:-benchmarks/results}
 mkdir -p "$results"
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 1
+py=${PYTHON:-python}
+"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 1
+export PYTHONUNBUFFERED=1
 status=0
-step() { echo "== $*"; "$@" || { echo "!! failed: $*"; status=1; }; }
-# 1. The tests that need CUDA (no host sync inside step loops, fixed sync counts per call),
-#    then the contract suite on CUDA tensors where it has a device parameter.
-step timeout 180 python -m pytest -q -p no:cacheprovider tests/test_throughput.py
-# 2. Throughput of every attack, advkit against the peers (bf16, compile, CUDA graphs).
-step timeout 180 python benchmarks/run.py --device cuda --quick --results-dir "$results"
-# 3. AutoAttack: images/s of each version and of the reference on a WRN-28-10-size model,
-#    batch 500, advkit in bf16.
-step timeout 300 python benchmarks/autoattack.py --throughput --device cuda --batch 500 \
-  --versions standard,fast --peers autoattack --results-dir "$results"
+step() { echo "== $*"; "$@" || { echo "!! failed ($?): $*"; status=1; }; }
+# 1. The tests that need CUDA: the attack contract on CUDA tensors, reduced precision and
+#    CPU/GPU agreement (tests/test_cuda.py); no host sync inside step loops, fixed sync counts
+#    per call, the CUDA-graph path (tests/test_throughput.py).
+step timeout 170 "$py" -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_cuda.py tests/test_throughput.py
+# 2. AutoAttack: images/s of each version and of the reference on a WRN-28-10-size model
+#    where every sample stays robust, batch 500, advkit in bf16 (and standard in fp32).
+#    A fifth of the standard budget for every library (cost grows linearly with it).
+step timeout 200 "$py" benchmarks/autoattack.py --throughput --device cuda --batch 500 \
+  --steps 20 --queries 1000 --versions standard,fast --peers autoattack --results-dir "$results"
+# 3. PGD-10 throughput, advkit against the bare loop and the peers: ResNet-18 (batch 256) and
+#    WRN-28-10 (batch 128), fp32 and bf16, channels_last.
+step timeout 150 "$py" benchmarks/run.py --device cuda --models resnet18,wrn28_10 \
+  --dtype fp32,bf16 --memory-format channels_last --attacks pgd,apgd --variants plain,early_stop \
+  --repeats 6 --min-repeats 3 --budget-s 15 --results-dir "$results"
+# 4. The compiled and CUDA-graph variants (compilation is most of this step's time).
+step timeout 120 "$py" benchmarks/run.py --device cuda --models resnet18 --dtype bf16 \
+  --memory-format channels_last --attacks pgd --variants compile,reduce-overhead --peers none \
+  --repeats 6 --min-repeats 3 --budget-s 15 --tag compile --no-readme --results-dir "$results"
 exit $status
