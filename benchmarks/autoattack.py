@@ -32,14 +32,14 @@ its whole budget on every sample, which is the cost of a robust image, where
 an evaluation spends its time. Batch ``--batch``, advkit in ``--precision``
 (bf16 by default on CUDA) and ``standard`` in fp32 beside it; ``--steps`` and
 ``--queries`` set every library's budget alike (the cost of every member grows
-linearly with them, so a fifth of the budget times a fifth of the run).
+linearly with them, so a tenth of the budget times a tenth of the run).
 
 Run from the repository root:
 
     python benchmarks/autoattack.py --threads 2                 # all models, Linf and L2
     python benchmarks/autoattack.py --quick                     # digits, 64 images, short budgets
     python benchmarks/autoattack.py --models digits-at --norms linf --versions standard,fast,plus
-    python benchmarks/autoattack.py --throughput --device cuda --batch 500 --steps 20 --queries 1000
+    python benchmarks/autoattack.py --throughput --device cuda --batch 500 --steps 10 --queries 500
 
 Results go to ``benchmarks/results/autoattack-<device>[-<tag>]-<YYYYMMDD>.json``
 and a Markdown block into ``benchmarks/README.md`` between

@@ -20,19 +20,19 @@ step() { echo "== $*"; "$@" || { echo "!! failed ($?): $*"; status=1; }; }
 # 1. The tests that need CUDA: the attack contract on CUDA tensors, reduced precision and
 #    CPU/GPU agreement (tests/test_cuda.py); no host sync inside step loops, fixed sync counts
 #    per call, the CUDA-graph path (tests/test_throughput.py).
-step timeout 170 "$py" -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_cuda.py tests/test_throughput.py
+step timeout 150 "$py" -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_cuda.py tests/test_throughput.py
 # 2. AutoAttack: images/s of each version and of the reference on a WRN-28-10-size model
 #    where every sample stays robust, batch 500, advkit in bf16 (and standard in fp32).
-#    A fifth of the standard budget for every library (cost grows linearly with it).
-step timeout 200 "$py" benchmarks/autoattack.py --throughput --device cuda --batch 500 \
-  --steps 20 --queries 1000 --versions standard,fast --peers autoattack --results-dir "$results"
+#    A tenth of the standard budget for every library (cost grows linearly with it).
+step timeout 180 "$py" benchmarks/autoattack.py --throughput --device cuda --batch 500 \
+  --steps 10 --queries 500 --versions standard,fast --peers autoattack --results-dir "$results"
 # 3. PGD-10 throughput, advkit against the bare loop and the peers: ResNet-18 (batch 256) and
 #    WRN-28-10 (batch 128), fp32 and bf16, channels_last.
-step timeout 150 "$py" benchmarks/run.py --device cuda --models resnet18,wrn28_10 \
+step timeout 130 "$py" benchmarks/run.py --device cuda --models resnet18,wrn28_10 \
   --dtype fp32,bf16 --memory-format channels_last --attacks pgd,apgd --variants plain,early_stop \
   --repeats 6 --min-repeats 3 --budget-s 15 --results-dir "$results"
 # 4. The compiled and CUDA-graph variants (compilation is most of this step's time).
-step timeout 120 "$py" benchmarks/run.py --device cuda --models resnet18 --dtype bf16 \
+step timeout 90 "$py" benchmarks/run.py --device cuda --models resnet18 --dtype bf16 \
   --memory-format channels_last --attacks pgd --variants compile,reduce-overhead --peers none \
   --repeats 6 --min-repeats 3 --budget-s 15 --tag compile --no-readme --results-dir "$results"
 exit $status
