@@ -37,6 +37,7 @@ Run from the repository root:
     python benchmarks/square.py --threads 1                  # 4 models, Linf, L2, L1, 5,000 queries
     python benchmarks/square.py --queries 1000 --n 200 --seeds 2
     python benchmarks/square.py --quick                      # digits models, 64 images, 200 queries
+    python benchmarks/square.py --overhead --queries 1000 --threads 1   # the loop beside the model
     python benchmarks/square.py --help
 
 Results go to ``benchmarks/results/square-<device>[-<tag>]-<YYYYMMDD>.json``;
@@ -351,6 +352,55 @@ def markdown(record: dict[str, Any], times: bool = True) -> str:
     return "\n".join(lines + cost + notes)
 
 
+# --------------------------------------------------------------------------- loop overhead
+
+
+def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Milliseconds per iteration of each library's search loop beside the model: a linear
+    model on 8x8 inputs (its forward pass a few microseconds), 200 samples, so small a radius
+    that no sample breaks and every iteration runs on all of them; the median of 3 calls."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval().requires_grad_(False)
+    x = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    rows = []
+    for norm in args.norms:
+        eps = {"linf": 0.001, "l2": 0.005, "l1": 0.01}[norm]
+
+        def ours(norm: str = norm, eps: float = eps) -> Any:
+            attack = advkit.Square(
+                norm, eps, queries=args.queries, rescale=False, positions="reference"
+            )
+            gen = torch.Generator().manual_seed(0)
+            return attack(model, x, y, generator=gen, sample_ids=torch.arange(200))
+
+        calls: dict[str, Any] = {"advkit": ours}
+        if not args.no_reference:
+            from pyautoattack.square import SquareAttack
+
+            def reference(norm: str = norm, eps: float = eps) -> Any:
+                attack = SquareAttack(
+                    model, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=eps,
+                    n_queries=args.queries - 1, p_init=0.8,
+                    n_restarts=1, seed=0, device="cpu",
+                )  # fmt: skip
+                with bench._own_rng(0):
+                    return attack.perturb(x, y)
+
+            calls["reference"] = reference
+        for lib, call in calls.items():
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t)
+            ms = 1e3 * statistics.median(times) / args.queries
+            rows.append({"library": lib, "norm": norm, "ms_per_iteration": ms})
+            print(f"   {lib:<9} {norm:<4} {ms:.3f} ms per iteration", flush=True)
+    return {"overhead": rows, "queries": args.queries, "threads": torch.get_num_threads()}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -365,7 +415,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--models", type=bench._csv, default=None, help=f"comma list of {', '.join(bench.MODELS)}"
     )
-    p.add_argument("--norms", type=bench._csv, default=list(NORMS), help="comma list of linf, l2, l1")
+    p.add_argument(
+        "--norms", type=bench._csv, default=list(NORMS), help="comma list of linf, l2, l1"
+    )
     p.add_argument(
         "--eps",
         type=bench._eps_override,
@@ -382,10 +434,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="train afresh, store nothing")
     p.add_argument("--retrain", action="store_true", help="train afresh and overwrite the cache")
     p.add_argument("--results-dir", type=Path, default=bench.DEFAULT_RESULTS)
-    p.add_argument("--tag", default=None, help="added to the results file name and the README markers")
+    p.add_argument(
+        "--tag", default=None, help="added to the results file name and the README markers"
+    )
     p.add_argument("--readme", type=Path, default=None, help="README to update (default: ours)")
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--hide-times", action="store_true", help="leave wall times out of the README")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the loop's time per iteration beside a negligible model (prints, no files)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models = args.models or list(bench.QUICK_MODELS)
@@ -416,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(cli)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.overhead:
+        return overhead(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not args.no_reference:
         try:

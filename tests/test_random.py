@@ -42,6 +42,32 @@ def test_randbits_keyed_and_plain() -> None:
         assert torch.allclose(counts, torch.full_like(counts, 1 / 3), atol=0.004)
 
 
+@pytest.mark.parametrize("keyed", [True, False])
+def test_randbits_ahead_gives_the_draws_of_successive_calls(keyed: bool) -> None:
+    """A block of k draws equals k calls of randbits, and the source continues after it as
+    after those calls (a keyed source also after a subset; a CPU generator in order)."""
+
+    def source() -> F.RandomSource:
+        if keyed:
+            return KeyedGenerator(9, torch.tensor([4, 8, 15, 16, 23]))
+        return torch.Generator().manual_seed(9)
+
+    one, block = source(), source()
+    F.rand((5, 2), one), F.rand((5, 2), block)  # an earlier draw of another kind
+    calls = torch.stack([F.randbits((5, 3, 2), one) for _ in range(4)])
+    ahead = F.randbits_ahead((5, 3, 2), 4, block)
+    assert ahead.shape == (4, 5, 3, 2) and torch.equal(ahead, calls)
+    assert torch.equal(F.randbits((5, 7), block), F.randbits((5, 7), one))
+    if keyed:
+        assert isinstance(one, KeyedGenerator) and isinstance(block, KeyedGenerator)
+        rows = torch.tensor([4, 0])
+        part_one, part_block = one.subset(rows), block.subset(rows)
+        calls = torch.stack([F.randbits((2, 6), part_one) for _ in range(3)])
+        assert torch.equal(F.randbits_ahead((2, 6), 3, part_block), calls)
+        with pytest.raises(ValueError, match="5 keys"):
+            F.randbits_ahead((4, 2), 2, block)
+
+
 def test_keyed_draws_differ_between_keys_seeds_and_draws() -> None:
     g = KeyedGenerator(0, torch.tensor([0, 1]))
     a, b = F.rand((2, 100), g), F.rand((2, 100), g)

@@ -58,6 +58,7 @@ __all__ = [
     "pgd_step",
     "rand",
     "randbits",
+    "randbits_ahead",
     "randint",
     "randn",
     "round_toward",
@@ -178,13 +179,32 @@ class KeyedGenerator:
                 f"a keyed draw needs shape (B, ...) with B = {self.keys.shape[0]} keys, got {shape}."
             )
         self.draws += 1
-        if self._hashed is None:
-            head = _mix(torch.full((), _i64(self.seed), dtype=torch.int64) + _GOLDEN)
-            self._hashed = _mix(self.keys ^ head.to(self.keys.device))
-        per_key = _mix(self._hashed + _i64(self.draws * _GOLDEN))
+        per_key = _mix(self._keys_hashed() + _i64(self.draws * _GOLDEN))
         n = math.prod(shape[1:])
         counter = torch.arange(1, n + 1, device=self.device, dtype=torch.int64) * _GOLDEN
         return _mix(per_key.unsqueeze(1) + counter.unsqueeze(0)).reshape(shape)
+
+    def bits_ahead(self, shape: tuple[int, ...], count: int) -> Tensor:
+        """``(count, *shape)``: the next ``count`` draws of `bits` at once, the values that
+        ``count`` calls ``bits(shape)`` would return (in one hash over all of them)."""
+        if not shape or shape[0] != self.keys.shape[0]:
+            raise ValueError(
+                f"a keyed draw needs shape (B, ...) with B = {self.keys.shape[0]} keys, got {shape}."
+            )
+        draw = torch.arange(self.draws + 1, self.draws + count + 1, device=self.device)
+        self.draws += count
+        per_key = _mix(self._keys_hashed().unsqueeze(1) + draw * _GOLDEN)  # (B, count)
+        n = math.prod(shape[1:])
+        counter = torch.arange(1, n + 1, device=self.device, dtype=torch.int64) * _GOLDEN
+        out = _mix(per_key.unsqueeze(2) + counter)  # (B, count, n)
+        return out.transpose(0, 1).reshape(count, *shape)
+
+    def _keys_hashed(self) -> Tensor:
+        """The keys mixed with the seed (computed once)."""
+        if self._hashed is None:
+            head = _mix(torch.full((), _i64(self.seed), dtype=torch.int64) + _GOLDEN)
+            self._hashed = _mix(self.keys ^ head.to(self.keys.device))
+        return self._hashed
 
 
 RandomSource = torch.Generator | KeyedGenerator | None
@@ -259,6 +279,29 @@ def randbits(
     if isinstance(generator, KeyedGenerator):
         return _shr(generator.bits(shape), 2)
     return torch.randint(0, 2**62, shape, generator=generator, device=device)
+
+
+def randbits_ahead(
+    shape: tuple[int, ...],
+    count: int,
+    generator: RandomSource,
+    *,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``(count, *shape)``: ``count`` successive `randbits` draws of ``shape`` at once, for a
+    loop that draws the same shape every iteration. A keyed source gives exactly the values
+    of ``count`` separate calls; so does a CPU ``torch.Generator``, whose values come out in
+    order (a CUDA generator's stream is split differently, the values as random).
+
+    Examples:
+        >>> g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+        >>> block = randbits_ahead((3, 2), 4, g)
+        >>> all(bool((block[i] == randbits((3, 2), h)).all()) for i in range(4))
+        True
+    """
+    if isinstance(generator, KeyedGenerator):
+        return _shr(generator.bits_ahead(shape, count), 2)
+    return torch.randint(0, 2**62, (count, *shape), generator=generator, device=device)
 
 
 # --------------------------------------------------------------------------- helpers

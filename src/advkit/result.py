@@ -16,7 +16,9 @@ from advkit.checks import ConfigError
 __all__ = ["AttackResult", "Part", "Verdict", "is_success"]
 
 
-def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+def is_success(
+    logits: Tensor, labels: Tensor, targets: Tensor | None = None, *, finite: Tensor | None = None
+) -> Tensor:
     """The success rule of every attack: ``(B,)`` bool per sample.
 
     Untargeted (``targets=None``): the prediction ``logits.argmax(dim=1)``
@@ -28,6 +30,8 @@ def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) ->
         logits: ``(B, C)`` model outputs.
         labels: ``(B,)`` true labels.
         targets: ``(B,)`` target classes, or ``None`` for an untargeted attack.
+        finite: ``(B,)`` bool, whether each row of ``logits`` is finite, where the
+            caller has it already (``torch.isfinite(logits).all(dim=1)``).
 
     Examples:
         >>> import torch
@@ -38,7 +42,8 @@ def is_success(logits: Tensor, labels: Tensor, targets: Tensor | None = None) ->
         [False, True]
     """
     pred = logits.argmax(dim=1)
-    finite = torch.isfinite(logits).all(dim=1)
+    if finite is None:
+        finite = torch.isfinite(logits).all(dim=1)
     if targets is None:
         return (pred != labels.to(pred.device)) & finite
     return (pred == targets.to(pred.device)) & finite

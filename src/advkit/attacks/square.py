@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -159,13 +160,13 @@ def _window_index(corner: Tensor, sides: tuple[int, int], width: int) -> Tensor:
 def _corner(
     bits: Tensor, sides: tuple[int, int], height: int, width: int, edge: bool = True
 ) -> Tensor:
-    """``(count, 2)`` window positions from two columns of random bits (`advkit.functional.randbits`),
-    uniform over those where the window fits; without ``edge``, over those that leave the
-    last row and column free (where the window is shorter than the side), as the authors'
-    code and AutoAttack draw them."""
+    """``(..., 2)`` window positions from two columns of random bits ``(..., 2)``
+    (`advkit.functional.randbits`), uniform over those where the window fits; without
+    ``edge``, over those that leave the last row and column free (where the window is
+    shorter than the side), as the authors' code and AutoAttack draw them."""
     cut = 0 if edge else 1
     spans = (max(height - sides[0] + 1 - cut, 1), max(width - sides[1] + 1 - cut, 1))
-    return torch.stack([bits[:, 0] % spans[0], bits[:, 1] % spans[1]], dim=1)
+    return torch.stack([bits[..., 0] % spans[0], bits[..., 1] % spans[1]], dim=-1)
 
 
 def _rows(v: Any, rows: Tensor) -> Any:
@@ -177,11 +178,12 @@ def _rows(v: Any, rows: Tensor) -> Any:
     return v
 
 
-def _scores(task: Task, logits: Tensor) -> Tensor:
-    """The margin per sample, ``-inf`` where a logit is not finite (so any finite point beats
-    it and it beats nothing)."""
-    loss = task.loss(logits)
-    return torch.where(torch.isfinite(logits).all(dim=1), loss, -math.inf)
+def _judge(task: Task, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The margin per sample (``-inf`` where a logit is not finite, so that any finite point
+    beats it and it beats nothing) and the success per sample."""
+    finite = torch.isfinite(logits).all(dim=1)
+    scores = torch.where(finite, task.loss(logits), -math.inf)
+    return scores, task.success(logits, finite=finite)
 
 
 class _Search:
@@ -192,8 +194,23 @@ class _Search:
         self.device = device
         self.edge = edge
 
+    width = 0
+    """Random int64 columns one iteration draws (`advkit.functional.randbits`)."""
+
     def corner(self, bits: Tensor, sides: tuple[int, int]) -> Tensor:
         return _corner(bits, sides, self.h, self.w, self.edge)
+
+    def corners(self, bits: Tensor, sides: Sequence[tuple[int, int]]) -> tuple[Tensor, ...]:
+        """Per iteration ``j``, the positions of windows of ``sides[j]`` from ``bits[j]``
+        (``(k, R, 2)``): one computation where the sides agree (between two marks of the
+        schedule)."""
+        if all(s == sides[0] for s in sides):
+            return self.corner(bits, sides[0]).unbind(0)
+        return tuple(self.corner(b, s) for b, s in zip(bits.unbind(0), sides, strict=True))
+
+    def sides(self, p: float) -> tuple[int, int]:
+        """The window's sides where it covers a fraction ``p`` of the image."""
+        raise NotImplementedError
 
     def image(self, t: Tensor) -> Tensor:
         return t.reshape(t.shape[0], self.c, self.h, self.w)
@@ -209,10 +226,12 @@ class _Search:
     def start(self, task: Task, const: dict[str, Any], gen: Any) -> Tensor:
         raise NotImplementedError
 
-    def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
-        """The random choices of an iteration with windows covering a fraction ``p`` of the
-        image, for ``count`` samples: one draw of the same width for any ``p``, so that a
-        keyed source gives each sample the same values in any batch."""
+    def draws(self, bits: Tensor, ps: Sequence[float]) -> list[dict[str, Any]]:
+        """The random choices of the next ``len(ps)`` iterations, whose windows cover the
+        fractions ``ps`` of the image, from ``bits`` ``(len(ps), R, width)``
+        (`advkit.functional.randbits_ahead`): every iteration takes a draw of the same
+        width whatever ``p``, so that a keyed source gives each sample the same values in any
+        batch."""
         raise NotImplementedError
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
@@ -229,6 +248,7 @@ class _LinfSearch(_Search):
     def __init__(self, shape: tuple[int, int, int], device: torch.device, edge: bool) -> None:
         super().__init__(shape, device, edge)
         self.shifts = torch.arange(self.c, device=device).clamp_max(61)
+        self.width = 3 + self.c  # the corner (2), the flip pattern (1), a sign per channel
 
     def constants(self, task: Task) -> dict[str, Any]:
         lo, hi = F.linf_box(task.x0, task.budget(), task.bounds)
@@ -242,15 +262,20 @@ class _LinfSearch(_Search):
         out = torch.where(self.flat(up), const["hi"], const["lo"])
         return out.reshape(task.x0.shape)
 
-    def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
-        sides = window_sides(p, self.h, self.w)
-        bits = F.randbits((count, 3 + self.c), gen, device=self.device)
-        return {
-            "sides": sides,
-            "corner": self.corner(bits, sides),
-            "up": (bits[:, 3:] & 1).bool(),
-            "flip": bits[:, 2] % (2 ** min(self.c, 62) - 1) + 1,
-        }
+    def sides(self, p: float) -> tuple[int, int]:
+        return window_sides(p, self.h, self.w)
+
+    def draws(self, bits: Tensor, ps: Sequence[float]) -> list[dict[str, Any]]:
+        sides = [self.sides(p) for p in ps]
+        corners = self.corners(bits[..., 0:2], sides)
+        up = (bits[..., 3:] & 1).bool().unbind(0)
+        # A non-zero pattern of channels to flip, for a window stuck at one vertex.
+        pattern = bits[..., 2] % (2 ** min(self.c, 62) - 1) + 1
+        flip = ((pattern.unsqueeze(-1) >> self.shifts) & 1).bool().unbind(0)
+        return [
+            {"sides": s, "corner": c, "up": u, "flip": f}
+            for s, c, u, f in zip(sides, corners, up, flip, strict=True)
+        ]
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
         index = _window_index(d["corner"], d["sides"], self.w).expand(-1, self.c, -1)
@@ -260,8 +285,7 @@ class _LinfSearch(_Search):
         # Where every channel's window already sits at one vertex, one draw of the signs would
         # change nothing: draw uniformly among the others instead (the authors' code resamples).
         stuck = (at_hi | at_lo).all(dim=1, keepdim=True)
-        flip = ((d["flip"][:, None] >> self.shifts) & 1).bool()
-        up = torch.where(stuck, at_hi ^ flip, d["up"]).unsqueeze(2)
+        up = torch.where(stuck, at_hi ^ d["flip"], d["up"]).unsqueeze(2)
         new = torch.where(done[:, None, None], now, torch.where(up, hi, lo))
         return xf.scatter(2, index, new).reshape(x.shape)
 
@@ -273,6 +297,10 @@ class _L2Search(_Search):
 
     power = 2
     """The bumps' decay and norm (`_bump`)."""
+
+    def __init__(self, shape: tuple[int, int, int], device: torch.device, edge: bool) -> None:
+        super().__init__(shape, device, edge)
+        self.width = 5 + self.c  # two corners (4), the orientation (1), a sign per channel
 
     def constants(self, task: Task) -> dict[str, Any]:
         x0 = task.x0
@@ -310,16 +338,17 @@ class _L2Search(_Search):
         out: Tensor = region(x.reshape(region.x0.shape))
         return out
 
-    def draw(self, count: int, p: float, gen: Any) -> dict[str, Any]:
-        sides = window_sides(p, self.h, self.w, minimum=3, odd=True)
-        bits = F.randbits((count, 5 + self.c), gen, device=self.device)
-        return {
-            "sides": sides,
-            "corner": self.corner(bits[:, 0:2], sides),
-            "corner2": self.corner(bits[:, 2:4], sides),
-            "turn": bits[:, 4] & 1,
-            "sign": bits[:, 5:] & 1,
-        }
+    def sides(self, p: float) -> tuple[int, int]:
+        return window_sides(p, self.h, self.w, minimum=3, odd=True)
+
+    def draws(self, bits: Tensor, ps: Sequence[float]) -> list[dict[str, Any]]:
+        sides = [self.sides(p) for p in ps]
+        first, second = self.corners(bits[..., 0:2], sides), self.corners(bits[..., 2:4], sides)
+        turn, sign = (bits[..., 4] & 1).unbind(0), (bits[..., 5:] & 1).unbind(0)
+        return [
+            {"sides": s, "corner": c1, "corner2": c2, "turn": t, "sign": g}
+            for s, c1, c2, t, g in zip(sides, first, second, turn, sign, strict=True)
+        ]
 
     def propose(self, x: Tensor, const: dict[str, Any], d: dict[str, Any], done: Tensor) -> Tensor:
         x0, sides = const["x0"], d["sides"]
@@ -555,7 +584,7 @@ class Square(Attack):
         search: _Search = kind(shape, task.x0.device, self.positions == "uniform")
         clean = oracle.clean_logits(task)
         best = BestByObjective()
-        best.consider(task.x0, clean, _scores(task, clean), task.success(clean))
+        best.consider(task.x0, clean, *_judge(task, clean))
         spent = torch.zeros(task.batch_size, dtype=torch.int64, device=task.x0.device)
         for restart in range(self.restarts):
             rows = (~best.success).nonzero().squeeze(1)  # one host sync per restart
@@ -585,11 +614,12 @@ class Square(Attack):
         x = search.start(task, const, gen)
         logits = oracle.scores(x)
         # The search's point per sample (it moves only when it improves) and its query count.
-        state: tuple[Tensor, ...] = (x, logits, _scores(task, logits), task.success(logits))
+        state: tuple[Tensor, ...] = (x, logits, *_judge(task, logits))
         spent = torch.ones(n, dtype=torch.int64, device=x.device)
         full: tuple[Tensor, ...] = (*state, spent)
         active = ActiveSet(n, padded=False, device=x.device)
         sub, part, source = task, const, gen
+        block: list[dict[str, Any]] = []
         for i in range(self.queries - 1):
             if i % self._look_every == 0:
                 before = active.rows
@@ -606,15 +636,23 @@ class Square(Attack):
                     sub = task.subset(active.rows)
                     part = {k: _rows(v, kept) for k, v in part.items()}
                     source = subset_source(source, kept)
-            p = square_fraction(i, self.queries, self.p_init, self.rescale)
-            draws = search.draw(active.running, p, source)
+                # The draws of the iterations up to the next look, in one call.
+                ahead = min(self._look_every, self.queries - 1 - i)
+                bits = F.randbits_ahead(
+                    (active.running, search.width), ahead, source, device=search.device
+                )
+                ps = [
+                    square_fraction(i + j, self.queries, self.p_init, self.rescale)
+                    for j in range(ahead)
+                ]
+                block = search.draws(bits, ps)
             x, logits, loss, success = state
-            x_new = search.propose(x, part, draws, success)
+            x_new = search.propose(x, part, block[i % self._look_every], success)
             new_logits = oracle.scores(x_new)
-            candidate = (x_new, new_logits, _scores(sub, new_logits), sub.success(new_logits))
+            candidate = (x_new, new_logits, *_judge(sub, new_logits))
             better = improves(candidate[3], candidate[2], success, loss)
             state = keep_best(better, state, candidate)
-            spent = spent + (~success).to(torch.int64)
+            spent = spent + ~success  # int64 + bool
         else:
             full = tuple(
                 put_rows(f, active.rows, t) for f, t in zip(full, (*state, spent), strict=True)

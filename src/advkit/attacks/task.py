@@ -191,14 +191,15 @@ class Task:
             )
         return out
 
-    def success(self, logits: Tensor) -> Tensor:
+    def success(self, logits: Tensor, *, finite: Tensor | None = None) -> Tensor:
         """``(B,)`` bool: the attack has won at these logits (`advkit.result.is_success`).
 
         Untargeted: the prediction differs from the label; targeted: it equals
         the target (`goal`). Never where a logit is NaN or infinite: the
-        prediction of such a row means nothing.
+        prediction of such a row means nothing (``finite``: that test per row,
+        where the caller has it already).
         """
-        return is_success(logits, self.labels, self.goal)
+        return is_success(logits, self.labels, self.goal, finite=finite)
 
     # ------------------------------------------------------------------ sub-tasks
 
