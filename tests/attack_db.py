@@ -106,6 +106,13 @@ ATTACKS: list[AttackInfo] = [_from_registry(entry) for entry in REGISTRY] + [
         randomized=True,
     ),
     AttackInfo(
+        "APGD-smooth-earlystop",
+        lambda n, e: advkit.APGD(
+            norm=n, eps=e, steps=6, smoothing=0.2, smoothing_draws=2, early_stop=True
+        ),
+        randomized=True,
+    ),
+    AttackInfo(
         "Ensemble-minimal",
         lambda n, e: advkit.Ensemble(
             [

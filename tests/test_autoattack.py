@@ -26,7 +26,7 @@ def settings_of(attack: advkit.Attack) -> dict[str, Any]:
         out["targets"], out["skip"] = attack.num_targets, attack.skip
     keys = ("steps", "restarts", "skip_restarts", "queries", "p_init", "rescale", "positions")
     keys += ("eot",)
-    keys += ("large_eps", "early_stop")
+    keys += ("large_eps", "early_stop", "smoothing", "smoothing_draws")
     for key in keys:
         if hasattr(inner, key):
             out[key] = getattr(inner, key)
@@ -37,7 +37,9 @@ def settings_of(attack: advkit.Attack) -> dict[str, Any]:
 
 # The reference code's settings (fra31/auto-attack, AutoAttack.set_version), member by member.
 APGD_CE = {"cls": "APGD", "steps": 100, "restarts": 1, "eot": 1, "objective": "cross_entropy"}
+APGD_CE["smoothing"] = 0.0
 APGD_T = {"cls": "APGD", "targets": 9, "steps": 100, "restarts": 1, "objective": "dlr"}
+APGD_T["smoothing"] = 0.0
 FAB_T = {"cls": "FAB", "targets": None, "steps": 100, "restarts": 1}  # None: min(9, C - 1)
 # The reference runs its 5000 queries on the schedule of a 10,000-query run, and never puts a
 # window flush with the last row or column.
@@ -71,6 +73,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("fast", "linf"): {
         "apgd-ce": APGD_CE,
         "apgd-t": {**APGD_T, "targets": 5},
+        "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "smoothing_draws": 2},
         "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
         "probe-square": {**SQUARE, "queries": 250},
         "apgd-t-rest": {**APGD_T, "targets": None, "skip": 5},
@@ -78,13 +81,12 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "square": SQUARE,
     },
     ("fast", "l1"): {
-        "apgd-ce": {**APGD_CE, "large_eps": True},
+        "apgd-ce": {**APGD_CE, "restarts": 5, "large_eps": True},
         "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
-        "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+        "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "large_eps": True},
+        "fab-t2": {**FAB_T, "targets": 2},
         "probe-square": {**SQUARE, "queries": 250},
-        "apgd-ce-rest": {**APGD_CE, "restarts": 5, "skip_restarts": 1, "large_eps": True},
-        "apgd-t-rest": {**APGD_T, "targets": 5, "skip": 5, "large_eps": True},
-        "fab-t": FAB_T,
+        "fab-t-rest": {**FAB_T, "skip": 2},
         "square": SQUARE,
     },
 }
@@ -190,10 +192,16 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     with warnings.catch_warnings():
         warnings.simplefilter("error", advkit.DiagnosticWarning)
         honest = aa(base, x, y, generator=gen(), sample_ids=ids)
-    assert [p.name for p in honest.parts] == ["apgd-ce", "apgd-t", "probe-fab-t", "probe-square"]
+    assert [p.name for p in honest.parts] == [
+        "apgd-ce",
+        "apgd-t",
+        "apgd-smooth",
+        "probe-fab-t",
+        "probe-square",
+    ]
     assert aa.gated == {"apgd-t-rest", "fab-t", "square"}
-    l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: standard's APGD-CE restarts too
-    assert l1.gated == {"apgd-ce-rest", "apgd-t-rest", "fab-t", "square"}
+    l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: standard's APGD members in full
+    assert l1.gated == {"fab-t-rest", "square"}
 
     masked = Quantized(base)
     with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD") as rec:

@@ -31,6 +31,10 @@ Version = Literal["standard", "plus", "rand", "fast"]
 VERSIONS: tuple[str, ...] = ("standard", "plus", "rand", "fast")
 """The versions `AutoAttack` builds."""
 
+SMOOTHING = 0.2
+"""The noise of ``fast``'s ``apgd-smooth`` member, a fraction of the input box's width
+(`advkit.APGD`'s ``smoothing``)."""
+
 
 class _Build:
     """What every member shares: the threat model, the execution and the class count rule."""
@@ -121,24 +125,39 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
             "apgd-dlr": b.apgd(dlr, eot=20),
         }
     # fast: see the class docstring for the measurements behind it. The members after the
-    # probes run only where a probe broke a sample (`_Staged`).
-    # The escalation completes standard: in L1 its APGD-CE restarts after the first, then its
-    # APGD-T targets after fast's (none in L1, where standard has 5 too), its FAB-T and its
-    # Square, each with standard's draws.
+    # probes run only where a probe broke a sample (`_Staged`); they complete standard (its
+    # APGD-T targets after fast's, its FAB-T and its Square), each with standard's draws.
     first = num_targets or 5
-    rest_ce = (
-        {"apgd-ce-rest": b.apgd(cross_entropy, restarts=5, skip_restarts=1, large_eps=True)}
-        if l1
-        else {}
+    # APGD-CE under a smoothed gradient, which crosses the gradient masking of thresholding
+    # first layers where APGD's own gradients stop.
+    smooth = b.apgd(
+        cross_entropy,
+        steps=max(b.steps * 2 // 5, 1),
+        smoothing=SMOOTHING,
+        smoothing_draws=2,
+        large_eps=l1,
     )
+    # At least 100 queries (all of them below that): a shorter probe can miss masking.
+    probe_square = b.square(min(b.queries, max(b.queries // 20, 100)))
+    if l1:
+        # Standard's APGD members in full (one L1 APGD-CE restart misses samples) and the
+        # first 2 targets of its FAB-T (FAB and APGD break different samples in L1).
+        return {
+            "apgd-ce": b.apgd(cross_entropy, restarts=5, large_eps=True),
+            "apgd-t": b.apgd_t(first, large_eps=True),
+            "apgd-smooth": smooth,
+            "fab-t2": MultiTargeted(b.fab(), min(2, num_targets or 2)),
+            "probe-square": probe_square,
+            "fab-t-rest": MultiTargeted(b.fab(), num_targets, skip=min(2, num_targets or 2)),
+            "square": b.square(),
+        }
     return {
-        "apgd-ce": b.apgd(cross_entropy, large_eps=l1),
-        "apgd-t": b.apgd_t(first, large_eps=l1),
+        "apgd-ce": b.apgd(cross_entropy),
+        "apgd-t": b.apgd_t(first),
+        "apgd-smooth": smooth,
         "probe-fab-t": MultiTargeted(b.fab(steps=max(b.steps // 2, 1)), 1),
-        # At least 100 queries (all of them below that): a shorter probe can miss masking.
-        "probe-square": b.square(min(b.queries, max(b.queries // 20, 100))),
-        **rest_ce,
-        "apgd-t-rest": b.apgd_t(first if l1 else num_targets, skip=first, large_eps=l1),
+        "probe-square": probe_square,
+        "apgd-t-rest": b.apgd_t(num_targets, skip=first),
         "fab-t": MultiTargeted(b.fab(), num_targets),
         "square": b.square(),
     }
@@ -147,7 +166,7 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
 PROBES: tuple[str, ...] = ("probe-fab-t", "probe-square")
 """The members of the ``fast`` version whose success escalates it (`AutoAttack`)."""
 
-ESCALATION: tuple[str, ...] = ("apgd-ce-rest", "apgd-t-rest", "fab-t", "square")
+ESCALATION: tuple[str, ...] = ("apgd-t-rest", "fab-t-rest", "fab-t", "square")
 """The members of the ``fast`` version that run only when a probe broke a sample."""
 
 
@@ -209,16 +228,23 @@ class AutoAttack(_Staged):
     rand         for randomized defences: ``apgd-ce`` and ``apgd-dlr``, 1 restart,
                  each step's gradient averaged over 20 draws of the model's
                  randomness (``eot=20``).
-    fast         advkit's own: ``apgd-ce`` (1 restart), ``apgd-t`` towards the
-                 top 5 other classes (L1: both with the large-eps schedule), then
-                 two probes: ``probe-fab-t`` (FAB-T, 1 target, ``steps // 2``)
-                 and ``probe-square`` (the first ``queries // 20`` of
-                 standard's Square, at least 100, at most ``queries``).
-                 Only where a probe breaks a
-                 sample does it go on with the rest of ``standard``:
-                 in L1 ``apgd-ce-rest`` (its APGD-CE restarts 2 to 5), then
-                 ``apgd-t-rest`` (its targets 6 to 9), ``fab-t``, ``square``
-                 (the escalation, with a ``DiagnosticWarning``).
+    fast         advkit's own. Linf, L2: ``apgd-ce`` (1 restart), ``apgd-t``
+                 towards the top 5 other classes, ``apgd-smooth`` (APGD-CE,
+                 ``2 * steps // 5`` steps, each gradient averaged with 2 copies
+                 under Gaussian noise of 0.2 times the box's width:
+                 ``APGD(smoothing=0.2, smoothing_draws=2)``), then two probes:
+                 ``probe-fab-t`` (FAB-T, 1 target, ``steps // 2``) and
+                 ``probe-square`` (the first ``queries // 20`` of standard's
+                 Square, at least 100, at most ``queries``). Only where a
+                 probe breaks a sample does it go on with the rest of
+                 ``standard``: ``apgd-t-rest`` (its targets 6 to 9),
+                 ``fab-t``, ``square`` (the escalation, with a
+                 ``DiagnosticWarning``).
+                 L1: standard's ``apgd-ce`` and ``apgd-t`` (5 restarts, 5
+                 targets, the large-eps schedule), ``apgd-smooth`` (as above,
+                 large-eps schedule), ``fab-t2`` (the first 2 targets of
+                 standard's FAB-T), ``probe-square``; the escalation:
+                 ``fab-t-rest`` (its targets 3 to 9), ``square``.
     ===========  =====================================================================
 
     Where advkit departs from the reference:
