@@ -775,7 +775,8 @@ def judge(
                 f"({_pct(ev['score_broken'], ev['gradient_robust'])}): the robust accuracy "
                 "they report is too high. The gradient attacks are too weak (one step, too "
                 "few steps, too small a step: prefer advkit.APGD, with more steps and "
-                "restarts) or the gradients mislead them (see the other flags). "
+                "restarts) or the gradients mislead them (see the other flags; where they "
+                "stop at thresholds, advkit.APGD(smoothing=0.2) averages them under noise). "
                 + (
                     "Add advkit.Square to the evaluation."
                     if score_attack == "Square"
