@@ -49,12 +49,16 @@ def test_contract_on_cuda(
     x, y = (t.cuda() for t in make_batch(shape))
     x = x.contiguous(memory_format=torch.channels_last)
     targets = (y + 2) % NUM_CLASSES if targeting == "tensor" else None
-    if targets is not None and not info.targetable:
-        return  # the CPU contract checks the typed error; nothing device-specific to see
     x_in, y_in = x.clone(), y.clone()
     before = snapshot(model)
     cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state()
     attack = info.make(norm, eps)
+    if targets is not None and not info.targetable:  # it chooses its own targets
+        with pytest.raises(advkit.ConfigError, match="targets"):
+            attack(model, x, y, targets=targets, eps=eps, generator=cuda_generator(3))
+        assert_same_model(before, model)
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+        return
     res = attack(model, x, y, targets=targets, eps=eps, generator=cuda_generator(3))
     assert res.x_adv.device == x.device and res.success.device == x.device
     assert res.x_adv.dtype == x.dtype
