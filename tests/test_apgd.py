@@ -546,8 +546,8 @@ def test_smoothing_breaks_a_model_whose_gradient_is_zero_near_every_input(norm: 
     y = torch.zeros(16, dtype=torch.long)
     eps = {"linf": 0.3, "l2": 0.6, "l1": 1.0}[norm]
     model = Threshold()
-    plain = advkit.APGD(norm, eps, steps=20, random_init=False)
-    smooth = advkit.APGD(norm, eps, steps=20, random_init=False, smoothing=0.2)
+    plain = advkit.APGD(norm, eps, steps=30, random_init=False)
+    smooth = advkit.APGD(norm, eps, steps=30, random_init=False, smoothing=0.2)
     gen = torch.Generator().manual_seed(0)
     assert not bool(plain(model, x, y, generator=gen).success.any())
     res = smooth(model, x, y, generator=torch.Generator().manual_seed(0))
@@ -597,3 +597,74 @@ def test_smoothing_pass_counts_and_batch_independence() -> None:
 def test_bad_smoothing(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(advkit.ConfigError, match=match):
         advkit.APGD(eps=0.1, **kw)
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_smoothing_noise_is_fresh_at_every_step_restart_and_stage(
+    keyed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    draws: list[torch.Tensor] = []
+    randn = F.randn
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        out = randn(*args, **kwargs)
+        draws.append(out)
+        return out
+
+    monkeypatch.setattr(apgd_module.F, "randn", spy)
+    model = Threshold()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.2
+    y = torch.zeros(6, dtype=torch.long)
+    attack = advkit.APGD("l1", 0.05, steps=6, restarts=2, large_eps=True, smoothing=0.2)
+    kw: dict[str, Any] = {"sample_ids": torch.arange(6)} if keyed else {}
+    res = attack(model, x, y, generator=torch.Generator().manual_seed(1), **kw)
+    assert not bool(res.success.any())  # nothing breaks: every restart and stage runs
+    noise = [d for d in draws if d.shape == x.shape]
+    # 2 restarts x 3 stages of the large-eps schedule, 3 copies per step, plus the starts.
+    assert len(noise) >= 2 * 3 * 2 * 3
+    flat = torch.stack([d.flatten() for d in noise])
+    assert torch.unique(flat, dim=0).shape[0] == len(noise)  # no draw repeats
+
+
+def test_smoothing_gives_padding_rows_the_noise_of_the_row_they_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiled models pad the running samples to a few batch sizes with copies of one of
+    them; under noise the copies must stay copies (a plain generator draws for the batch)."""
+    original = apgd_module.ActiveSet
+    monkeypatch.setattr(
+        apgd_module,
+        "ActiveSet",
+        lambda batch, padded=True, device=None: original(batch, padded=True, device=device),
+    )
+    inputs: list[torch.Tensor] = []
+
+    class Recording(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.requires_grad:  # the gradient passes: the iterate, then its 2 noisy copies
+                inputs.append(x.detach().clone())
+            out: torch.Tensor = self.net(x)
+            return out
+
+    _, _, x, y = digits_data()
+    model = Recording(digits_model())
+    attack = advkit.APGD("l2", 0.6, steps=12, smoothing=0.2, smoothing_draws=2, early_stop=True)
+    res = attack(model, x[:20], y[:20], generator=torch.Generator().manual_seed(0))
+    assert 0 < int(res.success.sum()) < 20  # some break, so the batch shrinks and is padded
+
+    def distinct(t: torch.Tensor) -> int:
+        return int(torch.unique(t.flatten(1), dim=0).shape[0])
+
+    assert len(inputs) % 3 == 0
+    padded = 0
+    for k in range(0, len(inputs), 3):
+        clean, *noisy = inputs[k : k + 3]
+        assert all(n.shape == clean.shape for n in noisy)
+        if distinct(clean) < clean.shape[0]:  # padding rows: copies of a running row
+            padded += 1
+            assert [distinct(n) for n in noisy] == [distinct(clean)] * 2
+    assert padded > 0

@@ -80,10 +80,26 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "fab-t": FAB_T,
         "square": SQUARE,
     },
+    ("fast", "l2"): {
+        "apgd-ce": APGD_CE,
+        "apgd-t": {**APGD_T, "targets": 5},
+        "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "smoothing_draws": 2},
+        "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+        "probe-square": {**SQUARE, "queries": 250},
+        "apgd-t-rest": {**APGD_T, "targets": None, "skip": 5},
+        "fab-t": FAB_T,
+        "square": SQUARE,
+    },
     ("fast", "l1"): {
         "apgd-ce": {**APGD_CE, "restarts": 5, "large_eps": True},
         "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
-        "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "large_eps": True},
+        "apgd-smooth": {
+            **APGD_CE,
+            "steps": 40,
+            "smoothing": 0.2,
+            "smoothing_draws": 2,
+            "large_eps": True,
+        },
         "fab-t2": {**FAB_T, "targets": 2},
         "probe-square": {**SQUARE, "queries": 250},
         "fab-t-rest": {**FAB_T, "skip": 2},
@@ -204,7 +220,9 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     assert l1.gated == {"fab-t-rest", "square"}
 
     masked = Quantized(base)
-    with pytest.warns(advkit.DiagnosticWarning, match="probes .* broke samples that APGD") as rec:
+    with pytest.warns(
+        advkit.DiagnosticWarning, match="probes .* broke samples that its gradient"
+    ) as rec:
         res = aa(masked, x, y, generator=gen(), sample_ids=ids)
     assert rec[0].filename == __file__  # it points at the caller's line
     parts = {p.name: p.result for p in res.parts}
@@ -217,6 +235,11 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     assert res.success.sum() > parts["probe-square"].success.sum()
     # the escalation costs about standard's FAB-T and Square
     assert res.forward_passes > honest.forward_passes
+    # L1: its one probe is Square's start, its escalation the rest of FAB-T and Square
+    l1 = advkit.AutoAttack("l1", 2.0, version="fast", steps=4, queries=400, num_targets=3)
+    with pytest.warns(advkit.DiagnosticWarning, match=r"probes \(a short Square run\)"):
+        res = l1(masked, x, y, generator=gen(), sample_ids=ids)
+    assert [p.name for p in res.parts][-2:] == ["fab-t-rest", "square"]
 
 
 @pytest.mark.parametrize("classes", [2, 3, 4])

@@ -74,8 +74,10 @@ def test_early_stop_syncs_only_every_few_steps() -> None:
     [advkit.PGD(norm="l2", eps=0.3, steps=3), advkit.APGD(norm="l2", eps=0.3, steps=5),
      advkit.APGD(norm="l1", eps=2.0, steps=5), advkit.APGD(norm="linf", eps=0.1, steps=5),
      advkit.FAB(norm="linf", eps=0.1, steps=5), advkit.FAB(norm="l2", eps=0.3, steps=5),
-     advkit.FAB(norm="l1", eps=2.0, steps=5)],
-    ids=["pgd-l2", "apgd-l2", "apgd-l1", "apgd-linf", "fab-linf", "fab-l2", "fab-l1"],
+     advkit.FAB(norm="l1", eps=2.0, steps=5),
+     advkit.APGD(norm="l2", eps=0.3, steps=5, smoothing=0.2, smoothing_draws=2)],
+    ids=["pgd-l2", "apgd-l2", "apgd-l1", "apgd-linf", "fab-linf", "fab-l2", "fab-l1",
+         "apgd-smooth"],
 )  # fmt: skip
 def test_step_loop_has_no_cuda_sync(attack: advkit.Attack) -> None:
     """An attack's run (no call-level checks) never synchronises the device."""

@@ -317,7 +317,8 @@ class APGD(Attack):
             drawn from the call's random source, per sample with ``sample_ids``.
         smoothing_draws: noisy copies per step with ``smoothing`` (default 3):
             each step then costs ``1 + smoothing_draws`` forward and backward
-            passes.
+            passes (times ``eot``). The copies are not clipped to the input
+            box: the gradient is that of the model averaged over the noise.
 
     Examples:
         >>> import advkit
@@ -417,8 +418,7 @@ class APGD(Attack):
             active = ActiveSet(task.batch_size, padded=oracle.compile is not False)
             if restart > self.skip_restarts and not active.update(best.success):
                 break
-            # The smoothing noise of this restart: a source of its own (keyed: per sample).
-            noise = fork_generator(task.generator, _NOISE_TAG + restart) if self.smoothing else None
+            noise = self._noise_source(task, restart) if self.smoothing else None
             if self.large_eps:
                 self._run_large_eps(oracle, task, scheme, best, active, noise)
                 continue
@@ -496,7 +496,7 @@ class APGD(Attack):
         def value_and_grad(x: Tensor, i: int) -> tuple[Tensor, Tensor, Tensor]:
             if noise is None:
                 return oracle.value_and_grad(x, sub.loss)
-            return self._smoothed(oracle, sub, x, noise, active.rows, tag + i)
+            return self._smoothed(oracle, sub, x, noise, active, tag + i)
 
         loss, grad, logits = value_and_grad(x, 0)
         ok = sub.success(logits)
@@ -557,27 +557,46 @@ class APGD(Attack):
                 track["increases"] = torch.zeros_like(track["increases"])
         return active.put(start, track["x_best"])
 
+    @staticmethod
+    def _noise_source(task: Task, restart: int) -> RandomSource:
+        """The source of a restart's smoothing noise: a keyed source of its own, forked from
+        the call's (per sample, no host sync); a ``torch.Generator`` is the call's itself
+        (forking one reads a seed from it, a host sync)."""
+        if isinstance(task.generator, F.KeyedGenerator):
+            return fork_generator(task.generator, _NOISE_TAG + restart)
+        return task.generator
+
     def _smoothed(
         self,
         oracle: Oracle,
         task: Task,
         x: Tensor,
         noise: RandomSource,
-        rows: Tensor | None,
+        active: ActiveSet,
         tag: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The objective and logits at ``x`` and the mean of the gradients at ``x`` and at
         ``smoothing_draws`` copies with Gaussian noise (``smoothing`` times the box's width).
-        A keyed source draws the noise of step ``tag`` for each sample from its key alone."""
+        A keyed source draws the noise of step ``tag`` for each sample from its key alone; a
+        ``torch.Generator`` draws for the whole batch, so that the rows that pad the running
+        samples to a fixed batch size (compiled models) get the noise of the row they copy."""
         loss, grad, logits = oracle.value_and_grad(x, task.loss)
+        rows = active.rows
+        batch = tuple(x.shape)
         if isinstance(noise, F.KeyedGenerator):
             noise = fork_generator(noise if rows is None else subset_source(noise, rows), tag)
+        elif rows is not None:
+            batch = (active.batch, *x.shape[1:])
         lo, hi = task.bounds
         sigma = self.smoothing * (float(hi) - float(lo))
         work = F.work_dtype(x.dtype)
         total = grad
         for _ in range(self.smoothing_draws):
-            draw = F.randn(tuple(x.shape), noise, device=x.device, dtype=work)
+            draw = F.randn(batch, noise, device=x.device, dtype=work)
+            if draw.shape[0] != x.shape[0]:
+                draw = draw.index_select(0, rows)  # type: ignore[arg-type]
+            # Not clipped to the box: the model's average over the noise, as randomized
+            # smoothing has it (clipping measured weaker on the benchmark's masked model).
             noisy = x.to(work) + sigma * draw
             total = total + oracle.value_and_grad(noisy.to(x.dtype), task.loss)[1]
         return loss, total / (1 + self.smoothing_draws), logits

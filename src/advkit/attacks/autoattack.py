@@ -415,13 +415,18 @@ class AutoAttack(_Staged):
             few.escalate = self.escalate
             found = few.run(oracle, task)
         if any(part.name in self.gated for part in found.extras["parts"]):
+            l1 = self.norm.name == "l1"
+            probes = "a short Square run" if l1 else "a short FAB-T and Square run"
+            rest = (
+                "FAB-T's other targets, Square" if l1 else "APGD-T's other targets, FAB-T, Square"
+            )
             warnings.warn(
-                "AutoAttack(version='fast'): its probes (a short FAB-T and Square run) broke "
-                "samples that APGD left robust, a sign that gradient steps miss adversarial "
-                "examples on this model; it ran the rest of standard (APGD-T's other targets, "
-                "FAB-T, Square) on the samples still robust, so its robust accuracy stands "
-                "beside standard's, at about standard's cost. result.parts says which member "
-                "broke what; see docs/trust.md.",
+                f"AutoAttack(version='fast'): its probes ({probes}) broke samples that its "
+                "gradient attacks left robust, a sign that gradient steps miss adversarial "
+                f"examples on this model; it ran the rest of standard ({rest}) on the samples "
+                "still robust, so its robust accuracy stands beside standard's, at about "
+                "standard's cost. result.parts says which member broke what; see "
+                "docs/trust.md.",
                 checks.DiagnosticWarning,
                 stacklevel=4,  # the caller's line: run <- Attack.solve <- Attack.__call__
             )
