@@ -8,7 +8,8 @@ version="standard").run_standard_evaluation(x, y, bs=n)`` (``pyautoattack``
 0.2.0) ``--reps`` times each, in alternating order (advkit first on even
 repetitions, the reference first on odd ones), seed = repetition, on the first
 ``--n`` test images of each model of ``apgd.py`` at the first eps of its grid
-for each of ``--norms`` (Linf by default). It records wall and process CPU
+for each of ``--norms`` (Linf by default); ``--version fast`` times advkit's
+``fast`` against the reference's ``standard`` instead. It records wall and process CPU
 seconds and the robust accuracy of every call, and prints the medians, the sums
 and their ratios (reference / advkit: above 1, advkit is faster).
 
@@ -46,11 +47,14 @@ MODELS = ("digits-at", "mnist", "mnist-at")
 NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
+VERSION = ["standard"]  # advkit's version (--version)
+
+
 def _advkit(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, seed: int
 ) -> float:
     gen = torch.Generator().manual_seed(seed)
-    res = advkit.AutoAttack(norm, eps, "standard")(
+    res = advkit.AutoAttack(norm, eps, VERSION[0])(  # type: ignore[arg-type]
         model, x, y, generator=gen, sample_ids=torch.arange(len(y))
     )
     return res.robust_accuracy()
@@ -82,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results-dir", type=Path, default=HERE / "results")
     p.add_argument("--tag", default=None, help="added to the results file name")
+    p.add_argument(
+        "--version", default="standard", choices=("standard", "fast"), help="advkit's version"
+    )
     args = p.parse_args(cli)
+    VERSION[0] = args.version
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     t0 = time.perf_counter()
