@@ -626,8 +626,9 @@ def test_smoothing_noise_is_fresh_at_every_step_restart_and_stage(
     assert torch.unique(flat, dim=0).shape[0] == len(noise)  # no draw repeats
 
 
+@pytest.mark.parametrize("eps", [0.3, 0.6])  # padded at the full size / at a smaller one
 def test_smoothing_gives_padding_rows_the_noise_of_the_row_they_copy(
-    monkeypatch: pytest.MonkeyPatch,
+    eps: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Compiled models pad the running samples to a few batch sizes with copies of one of
     them; under noise the copies must stay copies (a plain generator draws for the batch)."""
@@ -652,7 +653,7 @@ def test_smoothing_gives_padding_rows_the_noise_of_the_row_they_copy(
 
     _, _, x, y = digits_data()
     model = Recording(digits_model())
-    attack = advkit.APGD("l2", 0.6, steps=12, smoothing=0.2, smoothing_draws=2, early_stop=True)
+    attack = advkit.APGD("l2", eps, steps=12, smoothing=0.2, smoothing_draws=2, early_stop=True)
     res = attack(model, x[:20], y[:20], generator=torch.Generator().manual_seed(0))
     assert 0 < int(res.success.sum()) < 20  # some break, so the batch shrinks and is padded
 

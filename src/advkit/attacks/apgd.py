@@ -583,18 +583,19 @@ class APGD(Attack):
         loss, grad, logits = oracle.value_and_grad(x, task.loss)
         rows = active.rows
         batch = tuple(x.shape)
+        select = None
         if isinstance(noise, F.KeyedGenerator):
             noise = fork_generator(noise if rows is None else subset_source(noise, rows), tag)
-        elif rows is not None:
-            batch = (active.batch, *x.shape[1:])
+        elif rows is not None:  # also at the full size, where padding rows repeat others
+            batch, select = (active.batch, *x.shape[1:]), rows
         lo, hi = task.bounds
         sigma = self.smoothing * (float(hi) - float(lo))
         work = F.work_dtype(x.dtype)
         total = grad
         for _ in range(self.smoothing_draws):
             draw = F.randn(batch, noise, device=x.device, dtype=work)
-            if draw.shape[0] != x.shape[0]:
-                draw = draw.index_select(0, rows)  # type: ignore[arg-type]
+            if select is not None:
+                draw = draw.index_select(0, select)
             # Not clipped to the box: the model's average over the noise, as randomized
             # smoothing has it (clipping measured weaker on the benchmark's masked model).
             noisy = x.to(work) + sigma * draw
