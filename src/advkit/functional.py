@@ -174,15 +174,7 @@ class KeyedGenerator:
 
     def bits(self, shape: tuple[int, ...]) -> Tensor:
         """64 random bits per element of ``shape`` (``shape[0]`` = number of keys), as int64."""
-        if not shape or shape[0] != self.keys.shape[0]:
-            raise ValueError(
-                f"a keyed draw needs shape (B, ...) with B = {self.keys.shape[0]} keys, got {shape}."
-            )
-        self.draws += 1
-        per_key = _mix(self._keys_hashed() + _i64(self.draws * _GOLDEN))
-        n = math.prod(shape[1:])
-        counter = torch.arange(1, n + 1, device=self.device, dtype=torch.int64) * _GOLDEN
-        return _mix(per_key.unsqueeze(1) + counter.unsqueeze(0)).reshape(shape)
+        return self.bits_ahead(shape, 1)[0]
 
     def bits_ahead(self, shape: tuple[int, ...], count: int) -> Tensor:
         """``(count, *shape)``: the next ``count`` draws of `bits` at once, the values that

@@ -142,13 +142,14 @@ def _members(version: str, b: _Build, num_targets: int | None) -> dict[str, Atta
     if l1:
         # Standard's APGD members in full (one L1 APGD-CE restart misses samples) and the
         # first 2 targets of its FAB-T (FAB and APGD break different samples in L1).
+        head = min(2, num_targets or 2)
         return {
             "apgd-ce": b.apgd(cross_entropy, restarts=5, large_eps=True),
             "apgd-t": b.apgd_t(first, large_eps=True),
             "apgd-smooth": smooth,
-            "fab-t2": MultiTargeted(b.fab(), min(2, num_targets or 2)),
+            "fab-t2": MultiTargeted(b.fab(), head),
             "probe-square": probe_square,
-            "fab-t-rest": MultiTargeted(b.fab(), num_targets, skip=min(2, num_targets or 2)),
+            "fab-t-rest": MultiTargeted(b.fab(), num_targets, skip=head),
             "square": b.square(),
         }
     return {
