@@ -474,3 +474,21 @@ def test_the_command_line_prints_the_flags(
     assert saved["diagnostics"] is None and saved["verdict"]["draws"] == 3
     with pytest.raises(SystemExit):
         main([*argv, "--diagnostic-samples", "0"])
+
+
+def test_is_success_takes_a_known_finiteness_test() -> None:
+    """``finite=`` (the rows' finiteness, where a caller computed it) gives the same rule: a
+    row with a NaN or infinite logit never succeeds, and the given test is the one used."""
+    logits = torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [2.0, float("inf")], [0.0, 3.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    finite = torch.isfinite(logits).all(dim=1)
+    assert is_success(logits, labels).tolist() == [True, False, False, False]
+    assert torch.equal(is_success(logits, labels, finite=finite), is_success(logits, labels))
+    targets = torch.tensor([1, 1, 1, 1])
+    assert torch.equal(
+        is_success(logits, labels, targets, finite=finite), is_success(logits, labels, targets)
+    )
+    # the given test is used as it is, not recomputed: row 0 marked non-finite loses its
+    # success, row 2 (an infinite logit) marked finite is judged by its argmax
+    given = torch.tensor([False, False, True, True])
+    assert is_success(logits, labels, finite=given).tolist() == [False, False, True, False]
