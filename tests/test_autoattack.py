@@ -91,8 +91,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "square": SQUARE,
     },
     ("fast", "l1"): {
-        "apgd-ce": {**APGD_CE, "restarts": 5, "large_eps": True},
-        "apgd-t": {**APGD_T, "targets": 5, "large_eps": True},
+        "apgd-ce": {**APGD_CE, "large_eps": True},
         "apgd-smooth": {
             **APGD_CE,
             "steps": 40,
@@ -100,8 +99,24 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
             "smoothing_draws": 2,
             "large_eps": True,
         },
+        "apgd-t-ce": {
+            **APGD_T,
+            "targets": 5,
+            "steps": 30,
+            "objective": "cross_entropy",
+            "large_eps": True,
+        },
+        "apgd-ce-restarts": {
+            **APGD_CE,
+            "steps": 50,
+            "restarts": 9,
+            "skip_restarts": 1,
+            "large_eps": True,
+        },
         "fab-t2": {**FAB_T, "targets": 2},
         "probe-square": {**SQUARE, "queries": 250},
+        "apgd-ce-rest": {**APGD_CE, "restarts": 5, "skip_restarts": 1, "large_eps": True},
+        "apgd-t-dlr": {**APGD_T, "targets": 5, "large_eps": True},
         "fab-t-rest": {**FAB_T, "skip": 2},
         "square": SQUARE,
     },
@@ -216,8 +231,8 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
         "probe-square",
     ]
     assert aa.gated == {"apgd-t-rest", "fab-t", "square"}
-    l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: standard's APGD members in full
-    assert l1.gated == {"fab-t-rest", "square"}
+    l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: the rest of standard's APGD too
+    assert l1.gated == {"apgd-ce-rest", "apgd-t-dlr", "fab-t-rest", "square"}
 
     masked = Quantized(base)
     with pytest.warns(
@@ -333,6 +348,27 @@ def test_command_line_and_evaluate(digits: tuple[nn.Module, torch.Tensor, torch.
     assert curve[0] >= curve[1]
     direct = advkit.AutoAttack("linf", 0.1, version="fast", steps=5)(model, x, y)
     assert abs(curve[1] - (1 - direct.success.float().mean().item())) <= 0.1
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.08), ("l2", 0.8), ("l1", 2.0)])
+def test_an_escalated_fast_breaks_every_sample_standard_breaks(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor], norm: str, eps: float
+) -> None:
+    """The escalation completes ``standard`` with its own draws: with ``sample_ids`` an
+    escalated ``fast`` breaks every sample ``standard`` breaks (L1 included, whose ``fast``
+    replaces standard's APGD members by shorter tries)."""
+    model, x, y = digits
+    kw: dict[str, Any] = {"steps": 6, "queries": 60, "num_targets": 3}
+    fast = advkit.AutoAttack(norm, eps, version="fast", **kw)
+    fast.escalate = True
+    standard = advkit.AutoAttack(norm, eps, **kw)
+    ids = torch.arange(len(y))
+    with pytest.warns(advkit.DiagnosticWarning, match="ran the rest of standard"):
+        f = fast(model, x, y, generator=torch.Generator().manual_seed(0), sample_ids=ids)
+    s = standard(model, x, y, generator=torch.Generator().manual_seed(0), sample_ids=ids)
+    assert 0 < s.success.float().mean() < 1  # the budget is meaningful
+    assert not (s.success & ~f.success).any()
+    assert fast.gated & {p.name for p in f.parts}  # the escalation ran
 
 
 def test_evaluate_decides_fast_escalation_for_the_whole_dataset(
