@@ -51,8 +51,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -88,7 +90,7 @@ def advkit_method(version: str, norm: str, eps: float, args: argparse.Namespace)
         res: advkit.AttackResult = attack(model, x, y, generator=gen, sample_ids=ids)
         return res
 
-    return base.Method("advkit", version, advkit.__version__, repr(attack), run, (0,))
+    return base.Method("advkit", version, advkit.__version__, repr(attack), run, (args.seed,))
 
 
 def reference_method(
@@ -179,6 +181,16 @@ def _keeping(run: base.RunFn, returned: dict[str, Tensor]) -> base.RunFn:
     return wrapped
 
 
+def weights_digest(model: nn.Module) -> str:
+    """A digest of the model's weights: rows of two runs compare only on the same weights
+    (a model retrained on another CPU differs in the last bits, and in its verdicts)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def measure(
     model: nn.Module,
     x: Tensor,
@@ -260,6 +272,7 @@ def measure(
         "n": int(x.shape[0]),
         "num_classes": classes,
         "clean_accuracy": float(clean_ok.float().mean()),
+        "weights": weights_digest(model),
         "rows": rows,
         "errors": errors,
     }
@@ -349,6 +362,15 @@ def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if g["label"] not in by_label:
             old["configs"].append(g)
             continue
+        was = by_label[g["label"]]
+        if was.get("weights", g["weights"]) != g["weights"] or not math.isclose(
+            was["clean_accuracy"], g["clean_accuracy"]
+        ):
+            raise SystemExit(
+                f"{g['label']}: the model is not the one of the record's rows (other weights: "
+                "retrained, maybe on another CPU); rerun every method into a new record "
+                "instead of --update."
+            )
         rows = by_label[g["label"]]["rows"]
         for r in g["rows"]:
             at = next((i for i, o in enumerate(rows) if o["method"] == r["method"]), None)
@@ -373,9 +395,24 @@ def markdown(record: dict[str, Any]) -> str:
         f"Machine: {mi.get('gpu') or mi['cpu']}; {mi['cpu_count']} CPUs, torch threads "
         f"{mi['torch_threads']}; torch {mi['torch']}; advkit {mi['advkit']} "
         f"({mi['advkit_commit']})" + throughput._load_note(mi) + f". Budget: {s['steps']} "
-        f"steps, {s['queries']} Square queries; advkit precision {s['precision'] or 'fp32'}.",
+        f"steps, {s['queries']} Square queries; advkit precision {s['precision'] or 'fp32'}"
+        + (
+            f"; seeds: advkit {s.get('seed', 0)}, peers {s['peer_seed']}."
+            if s.get("seed", 0) or s["peer_seed"]
+            else "."
+        ),
         "",
     ]
+    if record.get("updates"):  # reruns of some rows (--update), each at its own code and CPU
+        runs = "; ".join(
+            f"{u['date'][:16]}, advkit {u['machine']['advkit_commit']}, "
+            f"{u['machine'].get('gpu') or u['machine']['cpu']}"
+            for u in record["updates"]
+        )
+        lines[-1:-1] = [
+            f"Rows rerun with `--update` (the commands after the first): {runs}. A row's time "
+            "compares only with rows run on the same CPU.",
+        ]
     if record["configs"]:
         lines += [
             "| model | norm | eps | clean | method | robust | fwd / sample | bwd / sample | "
@@ -440,6 +477,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--queries", type=int, default=5000)
     p.add_argument("--n", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="advkit's generator seed")
     p.add_argument("--peer-seed", type=int, default=0)
     p.add_argument("--precision", default=None, choices=(None, "bf16", "fp16", "fp32"))
     p.add_argument("--threads", type=int, default=None)
@@ -534,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "peers": args.peers,
             "precision": args.precision,
             "batch": args.batch,
+            "seed": args.seed,
             "peer_seed": args.peer_seed,
         },
         "configs": configs,

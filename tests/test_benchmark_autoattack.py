@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +29,61 @@ def test_quick_run_writes_feasible_rows_for_each_version(tmp_path: Path) -> None
     assert 0 < passes["advkit fast"] < passes["advkit standard"]
     for r in rows.values():  # advkit's own verdict agrees with the script's on every sample
         assert r["advkit_reported"]["success_disagreements"] == 0
+
+
+def _record(weights: str, clean: float, method: str, robust: float) -> dict[str, Any]:
+    row = {"method": method, "robust_accuracy": robust}
+    config = {"label": "m linf eps=0.1", "weights": weights, "clean_accuracy": clean}
+    config["rows"] = [row]
+    return {"command": "c", "elapsed_s": 1.0, "date": "d", "machine": {}, "configs": [config]}
+
+
+def test_update_merges_rows_of_the_same_model_only() -> None:
+    """``--update`` puts rerun rows in place, and refuses rows of other weights (a model
+    retrained on another CPU) or another clean accuracy."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import autoattack as bench
+
+    old = _record("aaa", 0.9, "advkit fast", 0.5)
+    new = _record("aaa", 0.9, "advkit fast", 0.4)
+    out = bench.merged(old, new)
+    assert out["configs"][0]["rows"] == [{"method": "advkit fast", "robust_accuracy": 0.4}]
+    assert len(out["updates"]) == 1 and "Rows rerun" in bench.markdown(_with_settings(out))
+    for weights, clean in (("bbb", 0.9), ("aaa", 0.95)):
+        other = _record(weights, clean, "advkit fast", 0.4)
+        with pytest.raises(SystemExit, match="not the one of the record's rows"):
+            bench.merged(_record("aaa", 0.9, "advkit fast", 0.5), other)
+
+
+def _with_settings(record: dict[str, Any]) -> dict[str, Any]:
+    mi = {"cpu": "cpu", "cpu_count": 2, "torch_threads": 1, "torch": "t", "advkit": "a"}
+    record["machine"] = {**mi, "advkit_commit": "c0"}
+    record["updates"][0]["machine"] = {**mi, "advkit_commit": "c1"}
+    record["settings"] = {"steps": 1, "queries": 1, "precision": None, "peer_seed": 0}
+    record["errors"] = []
+    for g in record["configs"]:
+        g.update(eps=0.1, clean_accuracy=0.9)
+        for r in g["rows"]:
+            r.update(forward_per_sample=1.0, backward_per_sample=1.0, seconds=1.0)
+            r.update(feasible=True)
+    return record
+
+
+def test_members_record_lists_what_each_part_breaks(tmp_path: Path) -> None:
+    """benchmarks/autoattack_members.py: standard's parts and the candidates run alone on
+    the samples fast's first two members leave robust; what it lists is consistent."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "autoattack_members.py")]
+    cmd += ["--models", "digits", "--n", "40", "--candidates", "apgd-t-ce-30,fab-t2"]
+    cmd += ["--results-dir", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = tmp_path.glob("autoattack-members-l1-*.json")
+    (config,) = json.loads(path.read_text())["configs"]
+    broken_by_parts = {i for ids in config["parts"].values() for i in ids}
+    assert len(broken_by_parts) == config["standard_breaks_beyond"]
+    assert len(config["parts_breaking_each"]) == config["standard_breaks_beyond"]
+    assert len(config["parts"]) == 4 + 5 + 9 + 1  # restarts 2-5, APGD-T, FAB-T, Square
+    for row in config["candidates"].values():
+        assert row["of_standard"] == len(broken_by_parts & set(row["broken"]))
+        assert row["others"] == len(set(row["broken"]) - broken_by_parts)
+        assert row["passes_per_sample"] > 0
