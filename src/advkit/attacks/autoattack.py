@@ -321,10 +321,10 @@ class AutoAttack(_Staged):
     in ``benchmarks/README.md``, 200 images each): the probes broke nothing
     on any of the 12 model/norm pairs; ``fast`` had ``standard``'s robust
     accuracy on 10 and was far stronger on the MNIST CNN trained against
-    Linf attacks, in L2 (31.5% against 40.5%, and the reference's 39.5%) and
-    in L1 (14.0% against 19.0%), where the smoothed gradient breaks samples
+    Linf attacks, in L2 (31.5% against 40.5%, and the reference's 40.0%) and
+    in L1 (13.5% against 19.0%), where the smoothed gradient breaks samples
     that FAB-T and Square do not; it cost 19-20% of ``standard``'s forward
-    and backward passes in Linf and L2 and 24-28% in L1.
+    and backward passes in Linf and L2 and 25-28% in L1.
 
     Args:
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
