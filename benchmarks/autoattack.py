@@ -352,25 +352,55 @@ def throughput_run(args: argparse.Namespace, device: torch.device) -> list[dict[
     return out
 
 
+MERGED_SETTINGS = ("steps", "queries", "precision", "seed", "peer_seed")
+"""The settings ``--update`` requires to match (a rerun under others is another table)."""
+
+
+def update_refusal(
+    old: dict[str, Any], settings: dict[str, Any], config: dict[str, Any] | None = None
+) -> str | None:
+    """Why rows run under ``settings`` (on the model of ``config``: its label, ``n``,
+    ``weights``, ``clean_accuracy``) cannot go into the record ``old``; ``None`` if they can."""
+    for key in MERGED_SETTINGS:
+        was, now = old["settings"].get(key, 0 if "seed" in key else None), settings.get(key)
+        if was != now:
+            return f"the record ran with {key}={was!r}, this run with {key}={now!r}"
+    if config is None:
+        return None
+    was_config = next((g for g in old["configs"] if g["label"] == config["label"]), None)
+    if was_config is None:
+        return None
+    if "weights" not in was_config:
+        return (
+            f"{config['label']}: the record has no digest of the model's weights (it is older "
+            "than them), so its rows may come from another model"
+        )
+    if (
+        was_config["weights"] != config["weights"]
+        or was_config["n"] != config["n"]
+        or not math.isclose(was_config["clean_accuracy"], config["clean_accuracy"])
+    ):
+        return (
+            f"{config['label']}: the model or the images are not the ones of the record's rows "
+            "(other weights: retrained, maybe on another CPU)"
+        )
+    return None
+
+
 def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``old`` with the rows of ``new`` (a rerun of some methods) put in place."""
+    """``old`` with the rows of ``new`` (a rerun of some methods) put in place; a rerun under
+    other settings or on another model is refused (`update_refusal`)."""
     by_label = {g["label"]: g for g in old["configs"]}
     for g in old["configs"]:  # rows of older runs were named "advkit AutoAttack <version>"
         for r in g["rows"]:
             r["method"] = r["method"].replace("advkit AutoAttack ", "advkit ")
     for g in new["configs"]:
+        why = update_refusal(old, new["settings"], g)
+        if why is not None:
+            raise SystemExit(f"--update refused: {why}; rerun every method into a new record.")
         if g["label"] not in by_label:
             old["configs"].append(g)
             continue
-        was = by_label[g["label"]]
-        if was.get("weights", g["weights"]) != g["weights"] or not math.isclose(
-            was["clean_accuracy"], g["clean_accuracy"]
-        ):
-            raise SystemExit(
-                f"{g['label']}: the model is not the one of the record's rows (other weights: "
-                "retrained, maybe on another CPU); rerun every method into a new record "
-                "instead of --update."
-            )
         rows = by_label[g["label"]]["rows"]
         for r in g["rows"]:
             at = next((i for i, o in enumerate(rows) if o["method"] == r["method"]), None)
@@ -410,6 +440,7 @@ def markdown(record: dict[str, Any]) -> str:
             for u in record["updates"]
         )
         lines[-1:-1] = [
+            "",
             f"Rows rerun with `--update` (the commands after the first): {runs}. A row's time "
             "compares only with rows run on the same CPU.",
         ]
@@ -537,6 +568,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.throughput and args.precision is None and device.type == "cuda":
         args.precision = "bf16"
+    settings = {
+        "steps": args.steps,
+        "queries": args.queries,
+        "versions": args.versions,
+        "peers": args.peers,
+        "precision": args.precision,
+        "batch": args.batch,
+        "seed": args.seed,
+        "peer_seed": args.peer_seed,
+    }
+    # --update: refused before the run, not after it, where the record cannot take its rows
+    old = json.loads(args.update.read_text()) if args.update is not None else None
+    why = None if old is None else update_refusal(old, settings)
+    if why is not None:
+        raise SystemExit(f"--update refused: {why}; rerun every method into a new record.")
     t0 = time.perf_counter()
     load_start = throughput._load()
     configs: list[dict[str, Any]] = []
@@ -559,30 +605,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 continue
             shown = f"{name}+noise{args.noise:g}" if args.noise else name
             label = f"{shown} {norm} eps={grid[0]:g}"
+            if old is not None:
+                with torch.no_grad():
+                    ok = (majority(model, x) if args.noise else model(x).argmax(1)) == y
+                this = {"label": label, "n": n, "weights": weights_digest(model)}
+                why = update_refusal(
+                    old, settings, {**this, "clean_accuracy": float(ok.float().mean())}
+                )
+                if why is not None:
+                    raise SystemExit(
+                        f"--update refused: {why}; rerun every method into a new record."
+                    )
             print(f"== {label} ({n} images)", flush=True)
             g = measure(model, x, y, norm, grid[0], args, device, label)
             configs.append(g)
             errors += [f"{label} {k}: {v}" for k, v in g["errors"].items()]
     record: dict[str, Any] = {
         **throughput.record_head("autoattack", cli, device, load_start),
-        "settings": {
-            "steps": args.steps,
-            "queries": args.queries,
-            "versions": args.versions,
-            "peers": args.peers,
-            "precision": args.precision,
-            "batch": args.batch,
-            "seed": args.seed,
-            "peer_seed": args.peer_seed,
-        },
+        "settings": settings,
         "configs": configs,
         "errors": errors,
     }
     if args.throughput:
         record["throughput"] = throughput_run(args, device)
     record["elapsed_s"] = time.perf_counter() - t0
-    if args.update is not None:
-        record = merged(json.loads(args.update.read_text()), record)
+    if old is not None:
+        record = merged(old, record)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     path = args.update or (

@@ -371,6 +371,32 @@ def test_an_escalated_fast_breaks_every_sample_standard_breaks(
     assert fast.gated & {p.name for p in f.parts}  # the escalation ran
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_l1_splits_standards_members_with_their_draws(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor], seed: int
+) -> None:
+    """Alone, with one generator and ``sample_ids``, L1 ``fast``'s APGD-CE and its escalated
+    ``apgd-ce-rest`` break exactly what ``standard``'s APGD-CE breaks (restarts 1 and 2-5),
+    ``apgd-t-dlr`` what its APGD-T breaks, ``fab-t2`` and ``fab-t-rest`` what its FAB-T
+    breaks, and the Squares alike: the escalation completes ``standard`` draw for draw."""
+    model, x, y = digits
+    ids = torch.arange(len(y))
+    kw: dict[str, Any] = {"steps": 6, "queries": 60, "num_targets": 3}
+    fast = dict(advkit.AutoAttack("l1", 2.0, version="fast", **kw).members)
+    standard = dict(advkit.AutoAttack("l1", 2.0, **kw).members)
+
+    def broke(attack: advkit.Attack) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return attack(model, x, y, generator=gen, sample_ids=ids).success
+
+    first, rest = broke(fast["apgd-ce"]), broke(fast["apgd-ce-rest"])
+    assert torch.equal(broke(standard["apgd-ce"]), first | rest)
+    assert (rest & ~first).any()  # the later restarts break samples the first does not
+    assert torch.equal(broke(standard["apgd-t"]), broke(fast["apgd-t-dlr"]))
+    assert torch.equal(broke(standard["fab-t"]), broke(fast["fab-t2"]) | broke(fast["fab-t-rest"]))
+    assert torch.equal(broke(standard["square"]), broke(fast["square"]))
+
+
 def test_evaluate_decides_fast_escalation_for_the_whole_dataset(
     digits: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:

@@ -31,35 +31,52 @@ def test_quick_run_writes_feasible_rows_for_each_version(tmp_path: Path) -> None
         assert r["advkit_reported"]["success_disagreements"] == 0
 
 
-def _record(weights: str, clean: float, method: str, robust: float) -> dict[str, Any]:
-    row = {"method": method, "robust_accuracy": robust}
-    config = {"label": "m linf eps=0.1", "weights": weights, "clean_accuracy": clean}
-    config["rows"] = [row]
-    return {"command": "c", "elapsed_s": 1.0, "date": "d", "machine": {}, "configs": [config]}
+SETTINGS = {"steps": 1, "queries": 1, "precision": None, "seed": 0, "peer_seed": 0}
 
 
-def test_update_merges_rows_of_the_same_model_only() -> None:
+def _record(weights: str | None, clean: float, robust: float, **settings: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {"label": "m linf eps=0.1", "n": 8, "clean_accuracy": clean}
+    if weights is not None:
+        config["weights"] = weights
+    config["rows"] = [{"method": "advkit fast", "robust_accuracy": robust}]
+    return {
+        "command": "c",
+        "elapsed_s": 1.0,
+        "date": "d",
+        "machine": {},
+        "settings": {**SETTINGS, **settings},
+        "configs": [config],
+    }
+
+
+def test_update_merges_rows_of_the_same_model_and_settings_only() -> None:
     """``--update`` puts rerun rows in place, and refuses rows of other weights (a model
-    retrained on another CPU) or another clean accuracy."""
+    retrained on another CPU), another clean accuracy, a record without weights digests
+    (older than them) or other settings (another seed is another table)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import autoattack as bench
 
-    old = _record("aaa", 0.9, "advkit fast", 0.5)
-    new = _record("aaa", 0.9, "advkit fast", 0.4)
-    out = bench.merged(old, new)
+    out = bench.merged(_record("aaa", 0.9, 0.5), _record("aaa", 0.9, 0.4))
     assert out["configs"][0]["rows"] == [{"method": "advkit fast", "robust_accuracy": 0.4}]
     assert len(out["updates"]) == 1 and "Rows rerun" in bench.markdown(_with_settings(out))
-    for weights, clean in (("bbb", 0.9), ("aaa", 0.95)):
-        other = _record(weights, clean, "advkit fast", 0.4)
-        with pytest.raises(SystemExit, match="not the one of the record's rows"):
-            bench.merged(_record("aaa", 0.9, "advkit fast", 0.5), other)
+    refused = {
+        "not the ones of the record's rows": [_record("bbb", 0.9, 0.4), _record("aaa", 0.95, 0.4)],
+        "no digest of the model's weights": [_record("aaa", 0.9, 0.4)],
+        "seed=0, this run with seed=1": [_record("aaa", 0.9, 0.4, seed=1)],
+    }
+    for why, news in refused.items():
+        for new in news:
+            old = _record(None if "digest" in why else "aaa", 0.9, 0.5)
+            with pytest.raises(SystemExit, match=why):
+                bench.merged(old, new)
+    assert bench.update_refusal(_record("aaa", 0.9, 0.5), {**SETTINGS, "steps": 2}) is not None
+    assert bench.update_refusal(_record("aaa", 0.9, 0.5), SETTINGS) is None
 
 
 def _with_settings(record: dict[str, Any]) -> dict[str, Any]:
     mi = {"cpu": "cpu", "cpu_count": 2, "torch_threads": 1, "torch": "t", "advkit": "a"}
     record["machine"] = {**mi, "advkit_commit": "c0"}
     record["updates"][0]["machine"] = {**mi, "advkit_commit": "c1"}
-    record["settings"] = {"steps": 1, "queries": 1, "precision": None, "peer_seed": 0}
     record["errors"] = []
     for g in record["configs"]:
         g.update(eps=0.1, clean_accuracy=0.9)
@@ -87,3 +104,15 @@ def test_members_record_lists_what_each_part_breaks(tmp_path: Path) -> None:
         assert row["of_standard"] == len(broken_by_parts & set(row["broken"]))
         assert row["others"] == len(set(row["broken"]) - broken_by_parts)
         assert row["passes_per_sample"] > 0
+
+
+def test_update_is_refused_before_the_run(tmp_path: Path) -> None:
+    """A rerun that the record cannot take stops before it attacks anything."""
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(_record("aaa", 0.9, 0.5, steps=100, queries=5000)))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "autoattack.py"), "--models", "digits"]
+    cmd += ["--norms", "linf", "--peers", "none", "--seed", "1", "--update", str(path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "--update refused: the record ran with seed=0, this run with seed=1" in done.stderr
+    assert "==" not in done.stdout  # no configuration started
