@@ -45,6 +45,17 @@ FAB_T = {"cls": "FAB", "targets": None, "steps": 100, "restarts": 1}  # None: mi
 # window flush with the last row or column.
 SQUARE = {"cls": "Square", "queries": 5000, "p_init": 0.8, "restarts": 1}
 SQUARE.update(rescale=False, positions="reference")
+# advkit's fast, the same in Linf and L2.
+FAST_LINF_L2: dict[str, dict[str, Any]] = {
+    "apgd-ce": APGD_CE,
+    "apgd-t": {**APGD_T, "targets": 5},
+    "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "smoothing_draws": 2},
+    "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
+    "probe-square": {**SQUARE, "queries": 250},
+    "apgd-t-rest": {**APGD_T, "targets": None, "skip": 5},
+    "fab-t": FAB_T,
+    "square": SQUARE,
+}
 EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("standard", "linf"): {
         "apgd-ce": APGD_CE,
@@ -70,26 +81,8 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-ce": {**APGD_CE, "eot": 20},
         "apgd-dlr": {**APGD_CE, "eot": 20, "objective": "dlr"},
     },
-    ("fast", "linf"): {
-        "apgd-ce": APGD_CE,
-        "apgd-t": {**APGD_T, "targets": 5},
-        "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "smoothing_draws": 2},
-        "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
-        "probe-square": {**SQUARE, "queries": 250},
-        "apgd-t-rest": {**APGD_T, "targets": None, "skip": 5},
-        "fab-t": FAB_T,
-        "square": SQUARE,
-    },
-    ("fast", "l2"): {
-        "apgd-ce": APGD_CE,
-        "apgd-t": {**APGD_T, "targets": 5},
-        "apgd-smooth": {**APGD_CE, "steps": 40, "smoothing": 0.2, "smoothing_draws": 2},
-        "probe-fab-t": {**FAB_T, "targets": 1, "steps": 50},
-        "probe-square": {**SQUARE, "queries": 250},
-        "apgd-t-rest": {**APGD_T, "targets": None, "skip": 5},
-        "fab-t": FAB_T,
-        "square": SQUARE,
-    },
+    ("fast", "linf"): FAST_LINF_L2,
+    ("fast", "l2"): FAST_LINF_L2,
     ("fast", "l1"): {
         "apgd-ce": {**APGD_CE, "large_eps": True},
         "apgd-smooth": {
