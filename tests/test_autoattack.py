@@ -4,6 +4,7 @@ its members, few-class models, a randomized model under ``rand``, and the ways t
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 import advkit
 from advkit import objectives
+from advkit.attacks import autoattack
 from advkit.attacks.autoattack import VERSIONS
 
 from ._digits import digits_data, digits_model
@@ -84,7 +86,7 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("fast", "linf"): FAST_LINF_L2,
     ("fast", "l2"): FAST_LINF_L2,
     ("fast", "l1"): {
-        "apgd-ce": {**APGD_CE, "large_eps": True},
+        "apgd-ce": {**APGD_CE, "steps": 50, "large_eps": True},
         "apgd-smooth": {
             **APGD_CE,
             "steps": 40,
@@ -95,22 +97,23 @@ EXPECTED: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "apgd-t-ce": {
             **APGD_T,
             "targets": 5,
-            "steps": 30,
+            "steps": 20,
             "objective": "cross_entropy",
             "large_eps": True,
         },
         "apgd-ce-restarts": {
             **APGD_CE,
-            "steps": 50,
-            "restarts": 9,
+            "steps": 30,
+            "restarts": 7,
             "skip_restarts": 1,
             "large_eps": True,
         },
+        "apgd-t-short": {**APGD_T, "targets": 5, "steps": 30, "large_eps": True},
         "fab-t2": {**FAB_T, "targets": 2},
         "probe-square": {**SQUARE, "queries": 250},
-        "apgd-ce-rest": {**APGD_CE, "restarts": 5, "skip_restarts": 1, "large_eps": True},
+        "apgd-ce-full": {**APGD_CE, "restarts": 5, "large_eps": True},
         "apgd-t-dlr": {**APGD_T, "targets": 5, "large_eps": True},
-        "fab-t-rest": {**FAB_T, "skip": 2},
+        "fab-t": FAB_T,
         "square": SQUARE,
     },
 }
@@ -225,7 +228,8 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     ]
     assert aa.gated == {"apgd-t-rest", "fab-t", "square"}
     l1 = advkit.AutoAttack("l1", 1.0, version="fast")  # L1: the rest of standard's APGD too
-    assert l1.gated == {"apgd-ce-rest", "apgd-t-dlr", "fab-t-rest", "square"}
+    assert l1.gated == {"apgd-ce-full", "apgd-t-dlr", "fab-t", "square"}
+    assert l1.near == {"apgd-t-short", "fab-t2"} and not aa.near
 
     masked = Quantized(base)
     with pytest.warns(
@@ -243,11 +247,11 @@ def test_fast_escalates_where_a_probe_breaks_what_apgd_left(
     assert res.success.sum() > parts["probe-square"].success.sum()
     # the escalation costs about standard's FAB-T and Square
     assert res.forward_passes > honest.forward_passes
-    # L1: its one probe is Square's start, its escalation the rest of FAB-T and Square
+    # L1: its one probe is Square's start, its escalation FAB-T and Square
     l1 = advkit.AutoAttack("l1", 2.0, version="fast", steps=4, queries=400, num_targets=3)
     with pytest.warns(advkit.DiagnosticWarning, match=r"probes \(a short Square run\)"):
         res = l1(masked, x, y, generator=gen(), sample_ids=ids)
-    assert [p.name for p in res.parts][-2:] == ["fab-t-rest", "square"]
+    assert [p.name for p in res.parts][-2:] == ["fab-t", "square"]
 
 
 @pytest.mark.parametrize("classes", [2, 3, 4])
@@ -368,10 +372,11 @@ def test_an_escalated_fast_breaks_every_sample_standard_breaks(
 def test_fast_l1_splits_standards_members_with_their_draws(
     digits: tuple[nn.Module, torch.Tensor, torch.Tensor], seed: int
 ) -> None:
-    """Alone, with one generator and ``sample_ids``, L1 ``fast``'s APGD-CE and its escalated
-    ``apgd-ce-rest`` break exactly what ``standard``'s APGD-CE breaks (restarts 1 and 2-5),
-    ``apgd-t-dlr`` what its APGD-T breaks, ``fab-t2`` and ``fab-t-rest`` what its FAB-T
-    breaks, and the Squares alike: the escalation completes ``standard`` draw for draw."""
+    """Alone, with one generator and ``sample_ids``, L1 ``fast``'s escalated members break
+    exactly what ``standard``'s members break (``apgd-ce-full`` what its APGD-CE breaks,
+    ``apgd-t-dlr`` what its APGD-T breaks, ``fab-t`` and ``square`` what its FAB-T and its
+    Square break), and ``fab-t2`` only what FAB-T's first 2 targets break: the escalation
+    completes ``standard`` draw for draw."""
     model, x, y = digits
     ids = torch.arange(len(y))
     kw: dict[str, Any] = {"steps": 6, "queries": 60, "num_targets": 3}
@@ -382,12 +387,55 @@ def test_fast_l1_splits_standards_members_with_their_draws(
         gen = torch.Generator().manual_seed(seed)
         return attack(model, x, y, generator=gen, sample_ids=ids).success
 
-    first, rest = broke(fast["apgd-ce"]), broke(fast["apgd-ce-rest"])
-    assert torch.equal(broke(standard["apgd-ce"]), first | rest)
-    assert (rest & ~first).any()  # the later restarts break samples the first does not
+    apgd_ce = broke(standard["apgd-ce"])
+    assert torch.equal(apgd_ce, broke(fast["apgd-ce-full"]))
+    assert (apgd_ce & ~broke(fast["apgd-ce"])).any()  # fast's first APGD-CE is shorter
     assert torch.equal(broke(standard["apgd-t"]), broke(fast["apgd-t-dlr"]))
-    assert torch.equal(broke(standard["fab-t"]), broke(fast["fab-t2"]) | broke(fast["fab-t-rest"]))
+    fab_t = broke(standard["fab-t"])
+    assert torch.equal(fab_t, broke(fast["fab-t"]))
+    assert not (broke(fast["fab-t2"]) & ~fab_t).any()  # FAB-T's first 2 targets
     assert torch.equal(broke(standard["square"]), broke(fast["square"]))
+
+
+def test_fast_l1_runs_its_near_members_on_the_samples_near_the_boundary(
+    digits: tuple[nn.Module, torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``apgd-t-short`` and ``fab-t2`` attack only the samples whose best margin so far is
+    within ``NEAR`` of their clean margin, a test that does not depend on the logits' scale:
+    none at ``NEAR = 0``, every sample left at ``NEAR = 1``, some between; the members after
+    them run in every case."""
+    model, x, y = digits
+    aa = advkit.AutoAttack("l1", 2.0, version="fast", steps=6, queries=60, num_targets=3)
+    clean = torch.tensor([[3.0, 0.0, -1.0], [3.0, 0.0, -1.0], [3.0, 1.0, 0.0]])
+    best = torch.tensor([[0.4, 0.0, -1.0], [0.7, 0.0, -1.0], [1.2, 1.0, 0.0]])
+    task = SimpleNamespace(labels=torch.tensor([0, 0, 0]))
+    assert autoattack.NEAR == 0.2
+    want = torch.tensor([True, False, True])  # margin ratios 0.4 / 3, 0.7 / 3, 0.2 / 2
+    for scale in (1.0, 100.0):
+        got = aa._eligible("fab-t2", task, clean * scale, best * scale)  # type: ignore[arg-type]
+        assert got is not None and torch.equal(got, want)
+    assert aa._eligible("apgd-ce-restarts", task, clean, best) is None  # type: ignore[arg-type]
+
+    default = autoattack.NEAR
+
+    def rows(near: float) -> dict[str, int]:
+        """How many samples each member ran on, at ``NEAR = near``."""
+        monkeypatch.setattr(autoattack, "NEAR", near)
+        gen = torch.Generator().manual_seed(0)
+        res = aa(model, x, y, generator=gen, sample_ids=torch.arange(len(y)))
+        parts = {p.name: p for p in res.parts}
+        out = {name: len(p.rows) for name, p in parts.items()}
+        restarts = parts["apgd-ce-restarts"].result.success
+        out["left"] = int((~restarts).sum())  # robust after the members before the near ones
+        return out
+
+    everywhere = rows(1.0)
+    assert everywhere["apgd-t-short"] == everywhere["left"] > 0
+    nowhere = rows(0.0)
+    assert "apgd-t-short" not in nowhere and "fab-t2" not in nowhere
+    assert "probe-square" in nowhere  # the members after them still run
+    some = rows(default)
+    assert 0 < some["apgd-t-short"] < some["left"]
 
 
 def test_evaluate_decides_fast_escalation_for_the_whole_dataset(

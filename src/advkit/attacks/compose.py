@@ -193,6 +193,13 @@ class Ensemble(Attack):
         it: always, here; a subclass may make later members depend on earlier results."""
         return True
 
+    def _eligible(self, name: str, task: Task, clean: Tensor, best: Tensor) -> Tensor | None:
+        """Which samples fixed-budget member ``name`` may attack, given their ``clean`` logits
+        and the ``best`` logits the members before it found (``(B,)`` bool): ``None``
+        (all) here; a subclass may keep a member to some samples, per sample (so results
+        still do not depend on the batch)."""
+        return None
+
     def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
         if self.minimal:  # budgeted or not, the result reads as a minimal-norm attack's
             return finish_minimal(self, oracle, task, found)
@@ -213,6 +220,11 @@ class Ensemble(Attack):
                     break
                 if not self._runs(name, parts):
                     continue
+                eligible = self._eligible(name, task, clean, best.logits)
+                if eligible is not None:  # a second host sync, for these members only
+                    rows = _rows(~done & eligible)
+                    if rows.numel() == 0:
+                        continue
                 sub = task.subset(rows)
                 draws = _draws(sub.generator, m, self.shared_seed)
                 res = member.solve(oracle, sub.using(generator=draws))
