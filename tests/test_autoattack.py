@@ -437,6 +437,23 @@ def test_fast_l1_runs_its_near_members_on_the_samples_near_the_boundary(
     some = rows(default)
     assert 0 < some["apgd-t-short"] < some["left"]
 
+    # The test is per sample: with sample_ids, the batch does not change what is near.
+    ids = torch.arange(len(y))
+    whole = aa(model, x, y, generator=torch.Generator().manual_seed(0), sample_ids=ids)
+    for part in (slice(0, 20), slice(20, None)):
+        res = aa(
+            model,
+            x[part],
+            y[part],
+            generator=torch.Generator().manual_seed(0),
+            sample_ids=ids[part],
+        )
+        assert torch.equal(res.success, whole.success[part])
+        assert torch.equal(res.x_adv, whole.x_adv[part])
+        near = {p.name: ids[part][p.rows] for p in res.parts}["fab-t2"]
+        full = {p.name: ids[p.rows] for p in whole.parts}["fab-t2"]
+        assert torch.equal(near, full[(full >= ids[part][0]) & (full <= ids[part][-1])])
+
 
 def test_evaluate_decides_fast_escalation_for_the_whole_dataset(
     digits: tuple[nn.Module, torch.Tensor, torch.Tensor],

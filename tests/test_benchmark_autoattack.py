@@ -99,7 +99,7 @@ def test_members_record_lists_what_each_part_breaks(tmp_path: Path) -> None:
     broken_by_parts = {i for ids in config["parts"].values() for i in ids}
     assert len(broken_by_parts) == config["standard_breaks_beyond"]
     assert len(config["parts_breaking_each"]) == config["standard_breaks_beyond"]
-    assert len(config["parts"]) == 4 + 5 + 9 + 1  # restarts 2-5, APGD-T, FAB-T, Square
+    assert len(config["parts"]) == 5 + 5 + 9 + 1  # APGD-CE restarts, APGD-T, FAB-T, Square
     for row in config["candidates"].values():
         assert row["of_standard"] == len(broken_by_parts & set(row["broken"]))
         assert row["others"] == len(set(row["broken"]) - broken_by_parts)

@@ -194,10 +194,11 @@ class Ensemble(Attack):
         return True
 
     def _eligible(self, name: str, task: Task, clean: Tensor, best: Tensor) -> Tensor | None:
-        """Which samples fixed-budget member ``name`` may attack, given their ``clean`` logits
-        and the ``best`` logits the members before it found (``(B,)`` bool): ``None``
-        (all) here; a subclass may keep a member to some samples, per sample (so results
-        still do not depend on the batch)."""
+        """Which samples member ``name`` may attack, as a ``(B,)`` bool tensor, given their
+        ``clean`` logits and the ``best`` logits the members before it found; ``None``: all.
+        Asked of every member of a budgeted, not ``independent``, ensemble (never in the
+        minimal-norm search): all, here; a subclass may keep a member to some samples, by a
+        test on each sample alone (so results still do not depend on the batch)."""
         return None
 
     def finish(self, oracle: Oracle, task: Task, found: Found) -> AttackResult:
@@ -220,7 +221,9 @@ class Ensemble(Attack):
                     break
                 if not self._runs(name, parts):
                     continue
-                eligible = self._eligible(name, task, clean, best.logits)
+                eligible = (
+                    None if self.independent else self._eligible(name, task, clean, best.logits)
+                )
                 if eligible is not None:  # a second host sync, for these members only
                     rows = _rows(~done & eligible)
                     if rows.numel() == 0:
