@@ -106,6 +106,22 @@ def test_members_record_lists_what_each_part_breaks(tmp_path: Path) -> None:
         assert row["passes_per_sample"] > 0
 
 
+def test_members_record_measures_fast_l1s_own_members() -> None:
+    """The candidates the record counts as ``fast``'s L1 members are built as ``fast`` builds
+    them (so ``fast_l1_rest`` follows the library), and its near ones are ``NEAR_MEMBERS``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import autoattack_members as members
+
+    import advkit
+    from advkit.attacks.autoattack import NEAR_MEMBERS
+
+    fast = dict(advkit.AutoAttack("l1", 2.0, version="fast").members)
+    own = dict(zip(members.FAST_L1_REST, ("apgd-t-ce", "apgd-ce-restarts"), strict=True))
+    own.update(zip(members.FAST_L1_NEAR, NEAR_MEMBERS, strict=True))
+    for candidate, member in own.items():
+        assert repr(members.CANDIDATES[candidate]("l1", 2.0)) == repr(fast[member]), candidate
+
+
 def test_update_is_refused_before_the_run(tmp_path: Path) -> None:
     """A rerun that the record cannot take stops before it attacks anything."""
     path = tmp_path / "record.json"
