@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import hashlib
 import importlib.metadata
 import json
@@ -1144,11 +1143,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "messages": messages,
         "configs": configs,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().strftime("%Y%m%d")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.results_dir / f"apgd-{device.type}{tag}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path = throughput.results_path(args.results_dir, "apgd", device.type, args.tag)
+    throughput.write_record(path, record)
     block = markdown(record, times=not args.hide_times)
     print("\n" + block + "\n")
     readme = args.readme if args.readme is not None else (None if args.quick else DEFAULT_README)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import hashlib
 import importlib.metadata
 import json
@@ -631,16 +630,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record["elapsed_s"] = time.perf_counter() - t0
     if old is not None:
         record = merged(old, record)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.update or (
-        args.results_dir / f"autoattack-{device.type}{tag}-{dt.date.today():%Y%m%d}.json"
+    path = args.update or throughput.results_path(
+        args.results_dir, "autoattack", device.type, args.tag
     )
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    throughput.write_record(path, record)
     block = markdown(record)
     print("\n" + block + "\n")
     if not args.no_readme:
-        throughput.update_readme(DEFAULT_README, device.type + tag, block, script="autoattack.py")
+        where = device.type + (f"-{args.tag}" if args.tag else "")
+        throughput.update_readme(DEFAULT_README, where, block, script="autoattack.py")
     print(f"Wrote {path} ({record['elapsed_s']:.0f} s)")
     return record
 

@@ -51,8 +51,6 @@ Results go to
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -252,10 +250,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "configs": configs,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    seed = f"-seed{args.seed}" if args.seed else ""
-    path = args.results_dir / f"autoattack-members-{args.norm}{seed}-{dt.date.today():%Y%m%d}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    seed = f"seed{args.seed}" if args.seed else None
+    path = throughput.results_path(args.results_dir, "autoattack-members", args.norm, seed)
+    throughput.write_record(path, record)
     print(f"Wrote {path}")
     return record
 

@@ -25,7 +25,6 @@ Results go to ``benchmarks/results/autoattack-time-<device>[-<tag>]-<YYYYMMDD>.j
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import sys
@@ -139,10 +138,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **throughput.record_head("autoattack_time", cli, device, load_start, elapsed),
         "configs": configs,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.results_dir / f"autoattack-time-{device.type}{tag}-{dt.date.today():%Y%m%d}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path = throughput.results_path(args.results_dir, "autoattack-time", device.type, args.tag)
+    throughput.write_record(path, record)
     print(f"Wrote {path} ({elapsed:.1f} s)")
     return record
 

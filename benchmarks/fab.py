@@ -55,9 +55,7 @@ the Markdown tables go into ``benchmarks/README.md`` between the markers
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.metadata
-import json
 import math
 import statistics
 import sys
@@ -569,11 +567,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "mean_robust_accuracy_difference": statistics.fmean(diffs),
                 "max_robust_accuracy_difference": max(diffs),
             }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().strftime("%Y%m%d")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.results_dir / f"fab-{device.type}{tag}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path = throughput.results_path(args.results_dir, "fab", device.type, args.tag)
+    throughput.write_record(path, record)
     block = markdown(record, times=not args.hide_times)
     print("\n" + block + "\n")
     readme = args.readme if args.readme is not None else (None if args.quick else DEFAULT_README)

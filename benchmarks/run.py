@@ -615,6 +615,19 @@ def record_head(
     return head
 
 
+def results_path(results_dir: Path, *parts: str | None) -> Path:
+    """Where a benchmark script writes its record: ``results_dir/<parts>-<YYYYMMDD>.json``,
+    the non-empty ``parts`` joined by ``-`` (``results_dir`` is made if need be)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    name = "-".join(part for part in parts if part)
+    return results_dir / f"{name}-{dt.date.today():%Y%m%d}.json"
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a results record as indented JSON."""
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def machine_line(mi: dict[str, Any]) -> str:
     """"Machine: ..." for a README block: hardware, threads, torch, Python, advkit and its
     commit, the load (a sentence, with its full stop)."""
@@ -956,11 +969,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "messages": messages,
         "groups": groups,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().strftime("%Y%m%d")
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.results_dir / f"{device.type}{tag}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path = results_path(args.results_dir, device.type, args.tag)
+    write_record(path, record)
     block = markdown(record)
     print("\n" + block + "\n")
     readme = args.readme if args.readme is not None else (None if args.quick else DEFAULT_README)

@@ -49,9 +49,7 @@ the Markdown tables go into ``benchmarks/README.md`` between the markers
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.metadata
-import json
 import statistics
 import sys
 import time
@@ -548,10 +546,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "messages": messages,
         "configs": configs,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.results_dir / f"square-{device.type}{tag}-{dt.date.today():%Y%m%d}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path = throughput.results_path(args.results_dir, "square", device.type, args.tag)
+    throughput.write_record(path, record)
     block = markdown(record, times=not args.hide_times)
     print("\n" + block + "\n")
     readme = args.readme if args.readme is not None else (None if args.quick else DEFAULT_README)
